@@ -1,0 +1,32 @@
+# The two commands of the README: `make demo` and `make test`. Both build a local venv first.
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+
+.PHONY: install demo test lint bench clean
+
+$(VENV)/.installed: pyproject.toml setup.py edgeproxy/_fastroute.pyx edgeproxy/_fastroute.pxd
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q -e '.[test]'
+	touch $@
+
+install: $(VENV)/.installed
+
+demo: install
+	$(VENV)/bin/edgeproxy demo
+
+# The whole suite: ruff, mypy and pytest (unit + functional, real servers on loopback).
+test: install
+	EDGEPROXY_REQUIRE_EXTENSIONS=$${EDGEPROXY_REQUIRE_EXTENSIONS:-1} $(PY) -m pytest -q
+
+lint: install
+	$(VENV)/bin/ruff check edgeproxy tests bench
+	$(VENV)/bin/mypy
+
+bench: install
+	$(PY) bench/bench_router.py
+	$(PY) bench/bench_proxy.py
+
+clean:
+	rm -rf $(VENV) build *.egg-info edgeproxy/_fastroute.c edgeproxy/*.so

@@ -1,0 +1,74 @@
+"""The aiohttp Application: routes under /v1 and /api/v1, the error middleware, and the
+gateway's lifetime (upstream sessions closed on cleanup).
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import AsyncIterator, Awaitable, Callable
+
+from aiohttp import web
+
+from . import handlers
+from .config import Config
+from .errors import EdgeproxyError, error_body
+from .gateway import Gateway
+
+__all__ = ["make_app"]
+
+log = logging.getLogger("edgeproxy")
+_JSON = "application/json"
+
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+
+def _error(status: int, message: str, headers: dict[str, str] | None = None) -> web.Response:
+    return web.Response(
+        body=error_body(status, message),
+        status=status,
+        content_type=_JSON,
+        headers=headers,
+    )
+
+
+@web.middleware
+async def error_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+    try:
+        return await handler(request)
+    except EdgeproxyError as exc:
+        return web.Response(
+            body=exc.to_body(), status=exc.status, content_type=_JSON, headers=exc.headers()
+        )
+    except web.HTTPException as exc:
+        # aiohttp's own answers (unknown path, wrong method, body too large) in our error shape.
+        if exc.status < 400:
+            raise
+        headers = {k: v for k, v in exc.headers.items() if k.lower() in ("allow",)}
+        return _error(exc.status, exc.reason, headers)
+    except Exception:
+        # Nothing a client sends may produce this; if it does, it is a bug worth a traceback.
+        log.exception("internal error on %s %s", request.method, request.path)
+        return _error(500, "internal error")
+
+
+async def _lifetime(app: web.Application) -> AsyncIterator[None]:
+    yield
+    await app[handlers.GATEWAY].close()
+
+
+def make_app(cfg: Config, gateway: Gateway | None = None) -> web.Application:
+    gw = gateway or Gateway(cfg)
+    app = web.Application(
+        middlewares=[error_middleware],
+        client_max_size=cfg.server.max_body_bytes,
+        handler_args={"max_field_size": 16384},
+    )
+    app[handlers.GATEWAY] = gw
+    app.cleanup_ctx.append(_lifetime)
+    for prefix in ("/v1", "/api/v1"):
+        app.router.add_post(prefix + "/chat/completions", handlers.chat_completions)
+        app.router.add_get(prefix + "/models", handlers.list_models)
+    app.router.add_get("/healthz", handlers.healthz)
+    app.router.add_get("/readyz", handlers.readyz)
+    app.router.add_get("/metrics", handlers.metrics)
+    return app

@@ -1,0 +1,247 @@
+"""The gateway's core state, independent of HTTP: config, route table, upstream sessions, adapters
+and metrics. The HTTP face (`app`, `handlers`, `streaming`) calls into it; it imports none of them.
+"""
+
+from __future__ import annotations
+
+import os
+import secrets
+import time
+from typing import Any
+
+import orjson
+
+from . import routing
+from .billing.pricing import charge_pico, cost_json
+from .config import Config
+from .errors import (
+    BadRequest,
+    PayloadTooLarge,
+    RateLimited,
+    Unavailable,
+    UpstreamError,
+    UpstreamStatusError,
+    UpstreamTimeout,
+)
+from .metrics import Counter, Gauge, Histogram, Registry
+from .protocols import adapter_for
+from .protocols.base import Adapter, Target, UpstreamCall
+from .routing import Endpoint, RouteTable
+from .upstream import Upstreams
+
+__all__ = ["Attempt", "Gateway", "Generation"]
+
+# Upstream answers that are the client's fault: relayed, not retried, not held against the provider.
+_CLIENT_FAULT = {400: 400, 413: 413, 422: 400}
+
+
+class Generation:
+    """What the gateway knows about one request while it runs: the seed of the ledger record."""
+
+    __slots__ = (
+        "app",
+        "cancelled",
+        "created",
+        "endpoint",
+        "finish_reason",
+        "id",
+        "model",
+        "started",
+        "streamed",
+        "usage",
+    )
+
+    def __init__(self, model: str, streamed: bool, app: str | None) -> None:
+        self.created = int(time.time())
+        self.id = f"gen-{self.created}-{secrets.token_urlsafe(15)}"
+        self.model = model
+        self.streamed = streamed
+        self.app = app
+        self.started = time.perf_counter()
+        self.endpoint: Endpoint | None = None
+        self.usage: dict[str, Any] | None = None
+        self.finish_reason: str | None = None
+        self.cancelled = False
+
+
+class Attempt:
+    """One try at one endpoint: its adapter, the prepared upstream call."""
+
+    __slots__ = ("adapter", "call", "endpoint", "started")
+
+    def __init__(self, endpoint: Endpoint, adapter: Adapter, call: UpstreamCall) -> None:
+        self.endpoint = endpoint
+        self.adapter = adapter
+        self.call = call
+        self.started = time.perf_counter()
+
+
+class Gateway:
+    def __init__(self, cfg: Config, seed: int | None = None) -> None:
+        self.cfg = cfg
+        self.routes = RouteTable(cfg, seed=seed)
+        self.upstreams = Upstreams(cfg.providers)
+        self._keys = {name: p.api_key() for name, p in cfg.providers.items()}
+        self.metrics = m = Registry()
+        self.m_requests = m.add(Counter(
+            "edgeproxy_requests_total", "Requests by model, provider and status",
+            ("model", "provider", "status")))
+        self.m_attempts = m.add(Counter(
+            "edgeproxy_upstream_attempts_total", "Upstream attempts by provider and outcome",
+            ("provider", "outcome")))
+        self.m_fallbacks = m.add(Counter(
+            "edgeproxy_fallbacks_total", "Requests served by an endpoint other than the first",
+            ("model",)))
+        self.m_overhead = m.add(Histogram(
+            "edgeproxy_gateway_overhead_seconds",
+            "Time spent in the gateway itself (total minus time waiting on upstreams)"))
+        self.m_ttft = m.add(Histogram(
+            "edgeproxy_time_to_first_token_seconds", "Time to first upstream byte of a stream",
+            ("provider",)))
+        self.m_latency = m.add(Histogram(
+            "edgeproxy_request_duration_seconds", "Total request latency", ("model",)))
+        self.m_spent = m.add(Counter(
+            "edgeproxy_credits_spent_usd", "USD charged for generations", ("model",)))
+        m.add(Gauge(
+            "edgeproxy_router_compiled",
+            "1 when the compiled router (_fastroute) is in use, 0 on the pure-Python fallback",
+            fn=lambda: {(): 1.0 if routing.EXTENSION else 0.0}))
+        m.add(Gauge(
+            "edgeproxy_endpoint_degraded", "1 when an endpoint is degraded (tried last)",
+            ("model", "provider"), fn=self._degraded_gauge))
+
+    def _degraded_gauge(self) -> dict[tuple[str, ...], float]:
+        now = routing.now_ms()
+        return {
+            (e.model_id, e.provider): 1.0 if self.routes.is_degraded(e, now) else 0.0
+            for e in self.routes.endpoints
+        }
+
+    async def close(self) -> None:
+        await self.upstreams.close()
+
+    # -- attempts -------------------------------------------------------------------------------
+
+    def prepare(
+        self, ep: Endpoint, body: bytes, req_dict: dict[str, Any] | None, stream: bool
+    ) -> Attempt:
+        adapter = adapter_for(ep.provider_cfg.protocol)
+        if adapter.needs_dict and req_dict is None:
+            raise RuntimeError("adapter needs the decoded request")
+        target = Target(
+            ep.provider_cfg.base_url.rstrip("/"), self._keys[ep.provider], ep.upstream_model,
+            ep.max_output,
+        )
+        return Attempt(ep, adapter, adapter.build_request(req_dict, body, target, stream))
+
+    def status_error(self, att: Attempt, status: int, data: bytes, headers: Any) -> UpstreamError:
+        """A non-2xx upstream answer -> the error to record, retry or relay."""
+        name = att.endpoint.provider
+        msg, raw = att.adapter.parse_error(status, data)
+        err = UpstreamStatusError(
+            f"{name} answered HTTP {status}: {msg}", name, raw, upstream_status=status
+        )
+        if status in _CLIENT_FAULT:
+            err.retryable = False
+        if status == 429:
+            err.retry_after = _retry_after(headers.get("Retry-After"))
+        return err
+
+    def failed(self, att: Attempt, err: UpstreamError) -> None:
+        """Feed one failed attempt to the health window (client-fault answers are not counted)."""
+        err.provider = err.provider or att.endpoint.provider
+        err.metadata["provider_name"] = att.endpoint.provider
+        if err.upstream_status in _CLIENT_FAULT:
+            outcome = "client_error"
+        else:
+            self.routes.failure(att.endpoint, err.retry_after)
+            outcome = "timeout" if isinstance(err, UpstreamTimeout) else "error"
+        self.m_attempts.inc((att.endpoint.provider, outcome))
+
+    def succeeded(self, att: Attempt, ttft_s: float, gen_s: float, completion_tokens: int) -> None:
+        tps = completion_tokens / gen_s if gen_s > 0 and completion_tokens > 0 else 0.0
+        self.routes.success(att.endpoint, ttft_s * 1000.0, tps)
+        self.m_attempts.inc((att.endpoint.provider, "ok"))
+
+    def final_error(self, errors: list[UpstreamError], all_degraded: bool) -> Exception:
+        """What the client sees when every attempt failed (SPEC §1.1)."""
+        last = errors[-1]
+        if not last.retryable:
+            status = _CLIENT_FAULT.get(last.upstream_status, 400)
+            exc: Exception = (PayloadTooLarge if status == 413 else BadRequest)(
+                last.message, dict(last.metadata)
+            )
+            return exc
+        attempts = [{"provider": e.provider, "error": e.message} for e in errors]
+        if all(e.upstream_status == 429 for e in errors):
+            wait = min((e.retry_after for e in errors if e.retry_after > 0), default=1.0)
+            return RateLimited(
+                "every provider of this model is rate limiting; retry later", int(wait + 0.999),
+                {"provider_name": last.provider, "raw": last.raw, "attempts": attempts},
+            )
+        if all_degraded:
+            return Unavailable(
+                "endpoints exist but none is available now: " + last.message,
+                {"provider_name": last.provider, "raw": last.raw, "attempts": attempts},
+            )
+        if all(isinstance(e, UpstreamTimeout) for e in errors):
+            err = UpstreamError(last.message, last.provider, last.raw)
+            err.status = 408
+            err.metadata["attempts"] = attempts
+            return err
+        err = UpstreamError(
+            last.message if len(errors) == 1
+            else f"all {len(errors)} attempts failed; last: {last.message}",
+            last.provider, last.raw,
+        )
+        err.metadata["attempts"] = attempts
+        return err
+
+    # -- money ------------------------------------------------------------------------------------
+
+    def finish_usage(self, gen: Generation, usage: dict[str, Any] | None, text_chars: int) -> dict:
+        """Complete the usage object with `cost` and `is_byok` (SPEC §1.1, §5.3)."""
+        ep = gen.endpoint
+        assert ep is not None
+        if not isinstance(usage, dict) or "prompt_tokens" not in usage:
+            # The upstream reported none: an estimate, marked as such (4 characters a token).
+            usage = {
+                "prompt_tokens": 0, "completion_tokens": max(1, text_chars // 4), "estimated": True,
+            }
+        pt = _int(usage.get("prompt_tokens"))
+        ct = _int(usage.get("completion_tokens"))
+        usage["prompt_tokens"] = pt
+        usage["completion_tokens"] = ct
+        usage["total_tokens"] = pt + ct
+        pico = charge_pico(pt, ct, ep.prompt_price, ep.completion_price, ep.request_price)
+        usage["cost"] = cost_json(pico)
+        usage["is_byok"] = False
+        gen.usage = usage
+        if pico:
+            self.m_spent.inc((gen.model,), pico / 1e12)
+        return usage
+
+
+def _int(v: Any) -> int:
+    return v if isinstance(v, int) and v >= 0 else 0
+
+
+def _retry_after(value: str | None) -> float:
+    if not value:
+        return 1.0
+    try:
+        return max(0.0, min(float(value), 3600.0))
+    except ValueError:
+        return 1.0
+
+
+def request_dict(body: bytes) -> dict[str, Any]:
+    try:
+        d = orjson.loads(body)
+    except orjson.JSONDecodeError as exc:  # already validated by msgspec; kept for safety
+        raise BadRequest(f"malformed JSON body: {exc}") from None
+    return d
+
+
+def env_flag(name: str) -> bool:
+    return os.environ.get(name, "") not in ("", "0", "false", "no")

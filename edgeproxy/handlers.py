@@ -1,0 +1,199 @@
+"""Request phases of the HTTP API: validate → authorise → route → attempt(s) → respond.
+
+Each phase either returns the next phase's input or raises an EdgeproxyError, which the app's
+middleware turns into the JSON error body. Streaming responses live in `streaming`.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+import orjson
+from aiohttp import web
+
+from . import routing
+from .billing.pricing import usd_str
+from .errors import BadRequest, EdgeproxyError, PayloadTooLarge, UpstreamError
+from .gateway import Gateway, Generation, request_dict
+from .schema import ChatRequest, decode_chat
+from .streaming import stream_chat
+
+__all__ = ["GATEWAY", "chat_completions", "healthz", "list_models", "metrics", "readyz"]
+
+GATEWAY: web.AppKey[Gateway] = web.AppKey("gateway", Gateway)
+_JSON = "application/json"
+
+
+def json_response(doc: Any, status: int = 200) -> web.Response:
+    return web.Response(body=orjson.dumps(doc), status=status, content_type=_JSON)
+
+
+async def read_body(request: web.Request, gw: Gateway) -> bytes:
+    limit = gw.cfg.server.max_body_bytes
+    if request.content_length is not None and request.content_length > limit:
+        raise PayloadTooLarge(f"request body is larger than {limit} bytes")
+    try:
+        return await request.read()
+    except web.HTTPRequestEntityTooLarge:
+        raise PayloadTooLarge(f"request body is larger than {limit} bytes") from None
+
+
+def validate_chat(req: ChatRequest, gw: Gateway) -> None:
+    if len(req.messages) > gw.cfg.server.max_messages:
+        raise BadRequest(
+            f"too many messages: {len(req.messages)} (at most {gw.cfg.server.max_messages})"
+        )
+    if not req.model and not req.models:
+        raise BadRequest("request names no model: set `model` or `models`")
+
+
+def app_name(request: web.Request) -> str | None:
+    h = request.headers
+    return h.get("X-Title") or h.get("X-OpenRouter-Title") or h.get("HTTP-Referer")
+
+
+def estimate_prompt_tokens(body: bytes) -> int:
+    # About 4 bytes of JSON a token: good enough to filter on context length and reserve credits
+    # before the upstream says the real count.
+    return len(body) // 4
+
+
+async def chat_completions(request: web.Request) -> web.StreamResponse:
+    gw = request.app[GATEWAY]
+    body = await read_body(request, gw)
+    req = decode_chat(body)
+    validate_chat(req, gw)
+    plan = gw.routes.plan(req, estimate_prompt_tokens(body))
+    gen = Generation(plan.endpoints[0].model_id, req.stream, app_name(request))
+    req_dict = request_dict(body) if _needs_dict(plan.endpoints) else None
+    if req.stream:
+        return await stream_chat(request, gw, gen, plan, body, req_dict)
+    return await complete_chat(gw, gen, plan, body, req_dict)
+
+
+def _needs_dict(endpoints: list[routing.Endpoint]) -> bool:
+    return any(e.provider_cfg.protocol != "openai" for e in endpoints)
+
+
+async def complete_chat(
+    gw: Gateway,
+    gen: Generation,
+    plan: routing.Plan,
+    body: bytes,
+    req_dict: dict[str, Any] | None,
+) -> web.Response:
+    errors: list[UpstreamError] = []
+    all_degraded = gw.routes.is_degraded(plan.endpoints[0])
+    waited = 0.0
+    for n, ep in enumerate(plan.endpoints):
+        att = gw.prepare(ep, body, req_dict, stream=False)
+        try:
+            resp = await gw.upstreams.post(ep.provider, att.call)
+            try:
+                data = await gw.upstreams.read(ep.provider, resp)
+            finally:
+                resp.release()
+            if resp.status >= 300:
+                raise gw.status_error(att, resp.status, data, resp.headers)
+            out = att.adapter.parse_response(resp.status, data)
+        except UpstreamError as err:
+            waited += time.perf_counter() - att.started
+            gw.failed(att, err)
+            errors.append(err)
+            if not err.retryable:
+                break
+            continue
+        elapsed = time.perf_counter() - att.started
+        waited += elapsed
+        gen.endpoint = ep
+        usage = gw.finish_usage(gen, out.get("usage"), 0)
+        gw.succeeded(att, 0.0, elapsed, usage["completion_tokens"])
+        if n:
+            gw.m_fallbacks.inc((gen.model,))
+        out["id"] = gen.id
+        out["object"] = "chat.completion"
+        out["created"] = gen.created
+        out["model"] = gen.model
+        out["provider"] = ep.provider
+        out["usage"] = usage
+        choices = out.get("choices")
+        if choices:
+            gen.finish_reason = choices[0].get("finish_reason")
+        total = time.perf_counter() - gen.started
+        gw.m_overhead.observe(max(0.0, total - waited))
+        gw.m_latency.observe(total, (gen.model,))
+        gw.m_requests.inc((gen.model, ep.provider, "200"))
+        return web.Response(body=orjson.dumps(out), content_type=_JSON)
+    exc = gw.final_error(errors, all_degraded)
+    if isinstance(exc, EdgeproxyError):
+        gw.m_requests.inc((gen.model, errors[-1].provider, str(exc.status)))
+    raise exc
+
+
+async def list_models(request: web.Request) -> web.Response:
+    gw = request.app[GATEWAY]
+    data = []
+    for mid, entry in gw.routes.models.items():
+        m = entry.cfg
+        cheapest = min(entry.endpoints, key=lambda e: e.prompt_price + e.completion_price)
+        data.append({
+            "id": mid,
+            "canonical_slug": mid,
+            "name": m.name or mid,
+            "created": m.created,
+            "description": m.description,
+            "context_length": m.context_length,
+            "architecture": {
+                "modality": "+".join(m.input_modalities) + "->" + "+".join(m.output_modalities),
+                "input_modalities": m.input_modalities,
+                "output_modalities": m.output_modalities,
+                "tokenizer": m.tokenizer,
+            },
+            "pricing": {
+                "prompt": _per_token(cheapest.prompt_price),
+                "completion": _per_token(cheapest.completion_price),
+                "request": _per_token(cheapest.request_price * 1_000_000),
+                "image": "0",
+            },
+            "top_provider": {
+                "context_length": cheapest.context_length,
+                "max_completion_tokens": cheapest.max_output,
+                "is_moderated": False,
+            },
+            "supported_parameters": m.supported_parameters,
+        })
+    return json_response({"data": data})
+
+
+def _per_token(micro_per_million: int) -> str:
+    # micro-USD per 1M tokens is pico-USD per token: OpenRouter lists USD per token as a string.
+    return usd_str(micro_per_million)
+
+
+async def healthz(request: web.Request) -> web.Response:
+    return json_response({"status": "ok"})
+
+
+async def readyz(request: web.Request) -> web.Response:
+    gw = request.app[GATEWAY]
+    now = routing.now_ms()
+    degraded = [
+        f"{e.model_id}@{e.provider}" for e in gw.routes.endpoints if gw.routes.is_degraded(e, now)
+    ]
+    usable = len(gw.routes.endpoints) - len(degraded)
+    ready = usable > 0
+    return json_response(
+        {
+            "status": "ready" if ready else "unavailable",
+            "endpoints": len(gw.routes.endpoints),
+            "degraded": degraded,
+            "router": "compiled" if routing.EXTENSION else "python-fallback",
+        },
+        status=200 if ready else 503,
+    )
+
+
+async def metrics(request: web.Request) -> web.Response:
+    gw = request.app[GATEWAY]
+    return web.Response(body=gw.metrics.render(), content_type="text/plain", charset="utf-8")
