@@ -107,6 +107,7 @@ async def complete_chat(
         elapsed = time.perf_counter() - att.started
         waited += elapsed
         gen.endpoint = ep
+        gen.model = ep.model_id  # a `models` fallback may have served another model
         usage = gw.finish_usage(gen, out.get("usage"), 0)
         gw.succeeded(att, 0.0, elapsed, usage["completion_tokens"])
         if n:

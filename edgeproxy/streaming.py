@@ -124,6 +124,7 @@ class _Relay:
         """Relay one upstream stream to the client; raise UpstreamError if it fails."""
         gw = self.gw
         name = att.endpoint.provider
+        self.gen.model = att.endpoint.model_id  # a `models` fallback may serve another model
         self.arm()
         resp = await gw.upstreams.post(name, att.call)
         try:
