@@ -15,8 +15,9 @@ from .errors import BadRequest
 __all__ = ["ChatRequest", "CompletionRequest", "Message", "ProviderPrefs", "decode_chat"]
 
 NonNegInt = Annotated[int, msgspec.Meta(ge=0)]
-PosInt = Annotated[int, msgspec.Meta(ge=1)]
-Price = Annotated[float, msgspec.Meta(ge=0)]
+# Bounds keep every count inside the router's int64 arithmetic; no model comes near them.
+PosInt = Annotated[int, msgspec.Meta(ge=1, le=2**31 - 1)]
+Price = Annotated[float, msgspec.Meta(ge=0, le=1e9)]
 
 
 class MaxPrice(msgspec.Struct, forbid_unknown_fields=True):
