@@ -110,8 +110,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
 def cmd_simulate(args: argparse.Namespace) -> int:
     from . import simulate
 
-    simulate.main_from_args(args)
-    return 0
+    return simulate.main_from_args(args)
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -156,3 +156,8 @@ def stack(loop_thread: LoopThread, monkeypatch: pytest.MonkeyPatch) -> Iterator[
     s = Stack(loop_thread)
     yield s
     s.close()
+
+
+def pytest_asyncio_loop_factories(config: pytest.Config, item: pytest.Item) -> dict[str, Any]:
+    """Async tests run on uvloop, as the gateway does."""
+    return {"uvloop": uvloop.new_event_loop}
