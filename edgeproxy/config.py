@@ -39,11 +39,7 @@ Seconds = Annotated[float, msgspec.Meta(gt=0)]
 MIB = 1024 * 1024
 
 
-class _Strict(msgspec.Struct, forbid_unknown_fields=True, omit_defaults=True, frozen=True):
-    pass
-
-
-class ServerConfig(_Strict):
+class ServerConfig(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
     listen: str = "127.0.0.1:8080"
     workers: Positive = 1
     # "none": every request belongs to one local account; only allowed on loopback (SPEC §1.1).
@@ -65,12 +61,12 @@ class ServerConfig(_Strict):
         return _split_listen(self.listen)[1]
 
 
-class StorageConfig(_Strict):
+class StorageConfig(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
     ledger: str = "sqlite:///./edgeproxy.db"
     state: str = "memory://"
 
 
-class ProviderConfig(_Strict):
+class ProviderConfig(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
     base_url: str
     protocol: Literal["openai", "anthropic", "gemini"] = "openai"
     api_key_env: str | None = None
@@ -89,7 +85,7 @@ class ProviderConfig(_Strict):
         return os.environ.get(self.api_key_env, "")
 
 
-class EndpointConfig(_Strict):
+class EndpointConfig(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
     provider: str
     model: str
     prompt: Price = Decimal(0)  # USD per 1M prompt tokens
@@ -121,7 +117,7 @@ DEFAULT_PARAMETERS = [
 ]
 
 
-class ModelConfig(_Strict):
+class ModelConfig(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
     context_length: Positive
     endpoints: list[EndpointConfig]
     name: str | None = None
@@ -135,7 +131,7 @@ class ModelConfig(_Strict):
     enabled: bool = True
 
 
-class RoutingConfig(_Strict):
+class RoutingConfig(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
     window_s: Positive = 30
     bucket_ms: Positive = 1000
     min_failures: Positive = 3
@@ -144,7 +140,7 @@ class RoutingConfig(_Strict):
     seed: int | None = None
 
 
-class Config(_Strict):
+class Config(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
     server: ServerConfig = ServerConfig()
     storage: StorageConfig = StorageConfig()
     routing: RoutingConfig = RoutingConfig()

@@ -138,6 +138,7 @@ class Gateway:
         """A non-2xx upstream answer -> the error to record, retry or relay."""
         name = att.endpoint.provider
         msg, raw = att.adapter.parse_error(status, data)
+        status = att.adapter.effective_status(status, raw)
         err = UpstreamStatusError(
             f"{name} answered HTTP {status}: {msg}", name, raw, upstream_status=status
         )

@@ -40,6 +40,7 @@ _SSE_HEADERS = {
 class _Relay:
     __slots__ = (
         "committed",
+        "first_content",
         "gen",
         "gw",
         "keepalive",
@@ -47,6 +48,7 @@ class _Relay:
         "response",
         "text_chars",
         "timer",
+        "usage",
     )
 
     def __init__(self, request: web.Request, gw: Gateway, gen: Generation) -> None:
@@ -56,6 +58,8 @@ class _Relay:
         self.response: web.StreamResponse | None = None
         self.committed = False  # a content byte has gone to the client: no more fallback
         self.text_chars = 0
+        self.first_content = 0.0
+        self.usage: dict[str, Any] | None = None
         self.timer: asyncio.TimerHandle | None = None
         self.keepalive: asyncio.Task[None] | None = None
 
@@ -120,6 +124,32 @@ class _Relay:
 
     # -- one attempt -------------------------------------------------------------------------
 
+    def _frames(self, chunks: list[dict[str, Any]], provider: str) -> bytes:
+        """Frame decoded chunks for the client, noting usage, content and the finish reason."""
+        out = []
+        for chunk in chunks:
+            u = chunk.pop("usage", None)
+            if u is not None:
+                self.usage = u
+            choices = chunk.get("choices")
+            if not choices:
+                continue  # the upstream's usage chunk: ours, with cost, comes last
+            for c in choices:
+                delta = c.get("delta")
+                if delta:
+                    content = delta.get("content")
+                    if content:
+                        self.text_chars += len(content)
+                    if content or delta.get("tool_calls") or delta.get("reasoning"):
+                        self.committed = True
+                if c.get("finish_reason") is not None:
+                    self.committed = True
+                    self.gen.finish_reason = c["finish_reason"]
+            if self.committed and not self.first_content:
+                self.first_content = time.perf_counter()
+            out.append(self.frame(chunk, provider))
+        return b"".join(out)
+
     async def attempt(self, att: Attempt) -> None:
         """Relay one upstream stream to the client; raise UpstreamError if it fails."""
         gw = self.gw
@@ -132,39 +162,19 @@ class _Relay:
                 data = await gw.upstreams.read(name, resp)
                 raise gw.status_error(att, resp.status, data, resp.headers)
             decoder = att.adapter.stream_decoder()
-            usage: dict[str, Any] | None = None
+            self.usage = None
             first_byte = 0.0
-            first_content = 0.0
             try:
                 async for data in resp.content.iter_any():
                     if not first_byte:
                         first_byte = time.perf_counter()
                         await self.disarm()
-                    out = []
-                    for chunk in decoder.feed(data):
-                        u = chunk.pop("usage", None)
-                        if u is not None:
-                            usage = u
-                        choices = chunk.get("choices")
-                        if not choices:
-                            continue  # the upstream's usage chunk: ours, with cost, comes last
-                        for c in choices:
-                            delta = c.get("delta")
-                            if delta:
-                                content = delta.get("content")
-                                if content:
-                                    self.text_chars += len(content)
-                                if content or delta.get("tool_calls") or delta.get("reasoning"):
-                                    self.committed = True
-                            if c.get("finish_reason") is not None:
-                                self.committed = True
-                                self.gen.finish_reason = c["finish_reason"]
-                        if self.committed and not first_content:
-                            first_content = time.perf_counter()
-                        out.append(self.frame(chunk, name))
+                    out = self._frames(decoder.feed(data), name)
                     if out:
-                        await self._write(b"".join(out))
-                decoder.close()
+                        await self._write(out)
+                out = self._frames(decoder.close(), name)
+                if out:
+                    await self._write(out)
             except TimeoutError:
                 raise UpstreamTimeout(f"{name}: the stream stalled", name) from None
             except aiohttp.ClientError:
@@ -173,8 +183,8 @@ class _Relay:
             resp.close()
         end = time.perf_counter()
         self.gen.endpoint = att.endpoint
-        usage = gw.finish_usage(self.gen, usage, self.text_chars)
-        start_gen = first_content or first_byte or end
+        usage = gw.finish_usage(self.gen, self.usage, self.text_chars)
+        start_gen = self.first_content or first_byte or end
         gw.succeeded(att, (first_byte or end) - att.started, end - start_gen,
                      usage["completion_tokens"])
         gw.m_ttft.observe((first_byte or end) - att.started, (name,))
@@ -218,9 +228,9 @@ async def stream_chat(
         if relay.response is None:
             raise exc
         # The 200 head is gone already: the failure travels as an error chunk (SPEC §4).
-        err = exc if isinstance(exc, EdgeproxyError) else errors[-1]
+        shown = exc if isinstance(exc, EdgeproxyError) else errors[-1]
         gw.m_requests.inc((gen.model, provider, "stream_error"))
-        await relay._write(relay.error_frame(err, provider) + _DONE)
+        await relay._write(relay.error_frame(shown, provider) + _DONE)
         await relay.response.write_eof()
         return relay.response
     except (asyncio.CancelledError, ConnectionResetError):

@@ -68,6 +68,10 @@ class Adapter(Protocol):
         """A non-2xx body -> (a one-line message, the upstream's error object or text)."""
         ...
 
+    def effective_status(self, status: int, raw: Any) -> int:
+        """The HTTP status an error really means, where a vendor answers with another one."""
+        ...
+
     def stream_decoder(self) -> StreamDecoder: ...
 
 

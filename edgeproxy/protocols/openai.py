@@ -81,6 +81,9 @@ class OpenAIAdapter:
     def parse_error(self, status: int, data: bytes) -> tuple[str, Any]:
         return error_message(data)
 
+    def effective_status(self, status: int, raw: Any) -> int:
+        return status
+
     def stream_decoder(self) -> OpenAIStreamDecoder:
         return OpenAIStreamDecoder()
 

@@ -225,7 +225,7 @@ def test_stream_falls_back_when_upstream_drops_before_content(stack: Stack) -> N
     bad = stack.sim(fault="drop", drop_after=0)
     good = stack.sim(reply="safe and sound")
     gw = stack.gateway(config([("bad", bad, {"prompt": "1"}), ("good", good, {"prompt": "50"})]))
-    text, chunks = _collect(client(gw).chat.completions.create(
+    text, _chunks = _collect(client(gw).chat.completions.create(
         model="test/model", messages=PROMPT, stream=True))
     assert text == "safe and sound"
     assert bad.count() == 1

@@ -1,0 +1,794 @@
+"""OpenAI chat completions <-> Anthropic Messages API (SPEC §3, §4), sans-IO.
+
+Sources, cited below by section name:
+  [messages]  Messages API reference, POST /v1/messages (platform.claude.com/docs/en/api/messages)
+  [streaming] "Streaming messages" (platform.claude.com/docs/en/build-with-claude/streaming)
+  [stops]     "Stop reasons and fallback" (.../build-with-claude/handling-stop-reasons)
+  [tools]     "Tool use" guide: tool_use / tool_result blocks, tool_choice
+  [vision]    "Vision" guide: image blocks with a base64 or url source
+  [errors]    "Errors" (.../api/errors): {"type": "error", "error": {"type", "message"}}
+
+The request side is plain functions over dicts; the response side is `parse_response` and one small
+state machine, `AnthropicStreamDecoder`, fed raw bytes through the shared `SSEParser`.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Any
+
+import orjson
+
+from ..errors import (
+    BadRequest,
+    EdgeproxyError,
+    UpstreamError,
+    UpstreamProtocolError,
+    UpstreamStatusError,
+)
+from .base import SSEParser, Target, UpstreamCall
+
+__all__ = ["ANTHROPIC_VERSION", "AnthropicAdapter", "AnthropicStreamDecoder"]
+
+#: [messages] "anthropic-version" header; the body shapes below are those of this version.
+ANTHROPIC_VERSION = "2023-06-01"
+
+# [stops] quick-reference table -> OpenAI's vocabulary. pause_turn (a server-tool loop paused) ends
+# the turn as far as the client can tell; model_context_window_exceeded is a truncation. Anything
+# not listed maps to "stop" and keeps its own name in native_finish_reason.
+_FINISH = {
+    "end_turn": "stop",
+    "stop_sequence": "stop",
+    "pause_turn": "stop",
+    "max_tokens": "length",
+    "model_context_window_exceeded": "length",
+    "tool_use": "tool_calls",
+    "refusal": "content_filter",
+}
+
+# [tools] tool_choice: OpenAI string form -> Anthropic object.
+_TOOL_CHOICE = {"auto": "auto", "none": "none", "required": "any"}
+
+# [errors] error.type -> the HTTP status it stands for (a streamed `error` event has no status of its
+# own; "overloaded_error ... would normally correspond to an HTTP 529" [streaming]). Every one stays
+# retryable (UpstreamError's default): another endpoint may well succeed where this one failed.
+_ERROR_STATUS = {
+    "invalid_request_error": 400,
+    "authentication_error": 401,
+    "billing_error": 402,
+    "permission_error": 403,
+    "not_found_error": 404,
+    "request_too_large": 413,
+    "rate_limit_error": 429,
+    "api_error": 500,
+    "timeout_error": 504,
+    "overloaded_error": 529,
+}
+
+# response_format json_schema has no native twin in the 2023-06-01 Messages API, so it rides on tool
+# use ([tools] "JSON mode"): the schema becomes the input_schema of one extra tool, named after the
+# schema, that the model is forced to call; the tool_use `input` it produces is the answer. The
+# response side turns that tool_use back into message content (JSON text) with finish_reason "stop"
+# (native_finish_reason stays "tool_use"). The adapter interface carries no per-request state to the
+# response side, so the tool is recognised by this reserved prefix on its name.
+JSON_TOOL_PREFIX = "json_schema__"
+_JSON_TOOL_DESCRIPTION = (
+    "Give your final answer by calling this tool: its input is the answer, "
+    "a JSON value matching the schema."
+)
+# json_object mode has no schema to force; an instruction is the documented way ([messages] system).
+_JSON_OBJECT_INSTRUCTION = (
+    "Respond with a single valid JSON object only: no prose, no Markdown code fences."
+)
+_TOOL_NAME_MAX = 64  # [tools] name: ^[a-zA-Z0-9_-]{1,64}$
+_UNSAFE_ID = re.compile(r"[^A-Za-z0-9_-]")  # [tools] tool_use.id: ^[a-zA-Z0-9_-]+$
+
+
+class AnthropicAdapter:
+    """Translate OpenAI chat completions to the Anthropic Messages API and back."""
+
+    name = "anthropic"
+    needs_dict = True
+
+    def build_request(
+        self, req: dict[str, Any] | None, body: bytes, target: Target, stream: bool
+    ) -> UpstreamCall:
+        """POST {base_url}/messages with the translated body. Raises BadRequest (400) for what the
+        Messages API cannot express (audio input, invalid tool-call arguments, unknown roles)."""
+        if not isinstance(req, dict):
+            raise BadRequest("the request body must be a JSON object")
+        try:
+            payload = orjson.dumps(build_messages_body(req, target, stream))
+        except EdgeproxyError:
+            raise
+        except (TypeError, ValueError, KeyError, AttributeError) as exc:
+            # A field of an unexpected type deep in the request: the client's fault, never a 500.
+            raise BadRequest(f"malformed request: {exc}") from None
+        headers = {
+            "x-api-key": target.api_key,
+            "anthropic-version": ANTHROPIC_VERSION,
+            "content-type": "application/json",
+        }
+        return UpstreamCall(f"{target.base_url.rstrip('/')}/messages", headers, payload)
+
+    def parse_response(self, status: int, data: bytes) -> dict[str, Any]:
+        """A Message object -> {"choices": [...], "usage": {...}}."""
+        return parse_message(_load_object(data))
+
+    def parse_error(self, status: int, data: bytes) -> tuple[str, Any]:
+        """[errors] {"type": "error", "error": {"type", "message"}} -> ("anthropic: type: message",
+        the error object); any other body -> its first 500 characters."""
+        try:
+            obj = orjson.loads(data)
+        except orjson.JSONDecodeError:
+            obj = None
+        if isinstance(obj, dict) and isinstance(obj.get("error"), dict):
+            err = obj["error"]
+            return f"anthropic: {err.get('type', 'error')}: {err.get('message', '')}", err
+        text = data[:500].decode("utf-8", "replace").strip()
+        return f"anthropic: HTTP {status}: {text or 'empty body'}", text or None
+
+    def effective_status(self, status: int, raw: Any) -> int:
+        return status
+
+    def stream_decoder(self) -> AnthropicStreamDecoder:
+        return AnthropicStreamDecoder()
+
+
+# --------------------------------------------------------------------------- request: OpenAI -> Messages
+
+
+def build_messages_body(req: dict[str, Any], target: Target, stream: bool) -> dict[str, Any]:
+    """The Messages API body for one OpenAI chat request (a pure function; see the module notes)."""
+    messages = req.get("messages")
+    if not isinstance(messages, list) or not messages:
+        raise BadRequest("messages must be a non-empty array")
+    system: list[dict[str, Any]] = []
+    turns: list[dict[str, Any]] = []
+    for msg in messages:
+        if not isinstance(msg, dict):
+            raise BadRequest("each message must be an object")
+        role = msg.get("role")
+        # [messages] there is no system role inside `messages`: system text is a top-level field.
+        if role in ("system", "developer"):
+            system.extend(_blocks(msg.get("content"), text_only=True))
+            continue
+        if role == "user":
+            blocks = _blocks(msg.get("content"))
+        elif role == "assistant":
+            blocks = _assistant_blocks(msg)
+        elif role == "tool":
+            # [tools] a tool result is a tool_result block inside a *user* turn.
+            role, blocks = "user", [_tool_result(msg)]
+        else:
+            raise BadRequest(f"unsupported message role: {role!r}")
+        if not blocks:
+            continue
+        # [messages] turns alternate user/assistant: consecutive same-role messages become one turn
+        # (this also gathers parallel tool results into the single user turn the API expects).
+        if turns and turns[-1]["role"] == role:
+            turns[-1]["content"].extend(blocks)
+        else:
+            turns.append({"role": role, "content": blocks})
+    _finish_turns(turns)
+
+    out: dict[str, Any] = {"model": target.model, "max_tokens": _max_tokens(req, target)}
+    tools, tool_choice = _tools(req)
+    response_format = req.get("response_format")
+    if response_format is not None:
+        tools, tool_choice = _response_format(response_format, tools, tool_choice, system)
+    if system:
+        # A plain string unless a block asks for prompt caching ([messages] system: string | blocks).
+        if any("cache_control" in b for b in system):
+            out["system"] = system
+        else:
+            out["system"] = "\n\n".join(b["text"] for b in system)
+    out["messages"] = turns
+    if tools:
+        out["tools"] = tools
+        if tool_choice is not None:
+            out["tool_choice"] = tool_choice
+    _sampling(req, out)
+    user = req.get("user")
+    if isinstance(user, str) and user:
+        out["metadata"] = {"user_id": user}  # [messages] metadata.user_id
+    if stream:
+        out["stream"] = True
+    return out
+
+
+def _max_tokens(req: dict[str, Any], target: Target) -> int:
+    # [messages] max_tokens is required; OpenAI makes it optional, so the endpoint default fills in.
+    for key in ("max_completion_tokens", "max_tokens"):
+        value = req.get(key)
+        if value is not None:
+            if type(value) is not int or value < 1:
+                raise BadRequest(f"{key} must be a positive integer")
+            return value
+    return target.default_max_tokens
+
+
+def _number(req: dict[str, Any], key: str, kind: type | tuple[type, ...]) -> Any:
+    value = req.get(key)
+    if value is not None and (not isinstance(value, kind) or isinstance(value, bool)):
+        raise BadRequest(
+            f"{key} must be a number" if kind is not int else f"{key} must be an integer"
+        )
+    return value
+
+
+def _sampling(req: dict[str, Any], out: dict[str, Any]) -> None:
+    temperature = _number(req, "temperature", (int, float))
+    if temperature is not None:
+        # [messages] temperature ranges 0..1 where OpenAI allows 0..2: clamp rather than fail.
+        out["temperature"] = min(max(float(temperature), 0.0), 1.0)
+    top_p = _number(req, "top_p", (int, float))
+    if top_p is not None:
+        out["top_p"] = top_p
+    top_k = _number(req, "top_k", int)  # OpenRouter extra; native in [messages]
+    if top_k is not None:
+        out["top_k"] = top_k
+    stop = req.get("stop")
+    if isinstance(stop, str):
+        out["stop_sequences"] = [stop]
+    elif isinstance(stop, list) and stop:
+        if not all(isinstance(s, str) for s in stop):
+            raise BadRequest("stop must be a string or an array of strings")
+        out["stop_sequences"] = stop
+
+
+def _finish_turns(turns: list[dict[str, Any]]) -> None:
+    for turn in turns:
+        blocks = turn["content"]
+        if turn["role"] == "user":
+            # [tools] tool_result blocks must come first in their user turn.
+            blocks.sort(key=lambda b: b.get("type") != "tool_result")
+    # [messages] a final assistant turn is a prefill and may not end in whitespace.
+    if turns and turns[-1]["role"] == "assistant":
+        last = turns[-1]["content"][-1]
+        if last.get("type") == "text":
+            last["text"] = last["text"].rstrip()
+            if not last["text"]:
+                turns[-1]["content"].pop()
+                if not turns[-1]["content"]:
+                    turns.pop()
+    for turn in turns:
+        blocks = turn["content"]
+        # One plain text block is sent as a string, the shorthand the [messages] examples use.
+        if len(blocks) == 1 and blocks[0].get("type") == "text" and len(blocks[0]) == 2:
+            turn["content"] = blocks[0]["text"]
+
+
+def _blocks(content: Any, text_only: bool = False) -> list[dict[str, Any]]:
+    """OpenAI message content (a string or content parts) -> Messages content blocks."""
+    if content is None:
+        return []
+    if isinstance(content, str):
+        return [{"type": "text", "text": content}] if content else []
+    if not isinstance(content, list):
+        raise BadRequest("message content must be a string or an array of content parts")
+    out: list[dict[str, Any]] = []
+    for part in content:
+        if not isinstance(part, dict):
+            raise BadRequest("each content part must be an object")
+        kind = part.get("type")
+        if kind == "text":
+            text = part.get("text")
+            if not isinstance(text, str):
+                raise BadRequest("a text part needs a string `text`")
+            if not text:
+                continue  # [messages] text blocks must be non-empty
+            block: dict[str, Any] = {"type": "text", "text": text}
+        elif kind == "refusal":
+            continue  # an earlier refusal carries nothing to replay
+        elif text_only:
+            raise BadRequest(f"{kind!r} parts are not supported in system or assistant messages")
+        elif kind == "image_url":
+            image = part.get("image_url")
+            url = image.get("url") if isinstance(image, dict) else image
+            block = _image_block(url)
+        elif kind == "file":
+            block = _document_block(part.get("file"))
+        else:
+            # input_audio and anything newer: the Messages API has no block for it.
+            raise BadRequest(f"content parts of type {kind!r} are not supported by anthropic")
+        cache_control = part.get("cache_control")
+        if isinstance(cache_control, dict):
+            block["cache_control"] = cache_control  # prompt caching breakpoints pass through
+        out.append(block)
+    return out
+
+
+def _data_url(url: str) -> tuple[str, str]:
+    """'data:<mime>;base64,<data>' -> (mime, data)."""
+    header, sep, data = url[5:].partition(",")
+    mime, _, params = header.partition(";")
+    if not sep or "base64" not in params.split(";") or not mime or not data:
+        raise BadRequest("data URLs must be of the form data:<media type>;base64,<data>")
+    return mime, data
+
+
+def _image_block(url: Any) -> dict[str, Any]:
+    # [vision] an image block has a base64 source (media_type + data) or a url source.
+    if not isinstance(url, str):
+        raise BadRequest("image_url.url must be a string")
+    if url.startswith("data:"):
+        mime, data = _data_url(url)
+        return {"type": "image", "source": {"type": "base64", "media_type": mime, "data": data}}
+    if url.startswith(("https://", "http://")):
+        return {"type": "image", "source": {"type": "url", "url": url}}
+    raise BadRequest("image_url.url must be an http(s) URL or a base64 data URL")
+
+
+def _document_block(file: Any) -> dict[str, Any]:
+    # [messages] document blocks take a base64 PDF; OpenAI's `file` part carries one as a data URL.
+    data_url = file.get("file_data") if isinstance(file, dict) else None
+    if not isinstance(data_url, str) or not data_url.startswith("data:"):
+        raise BadRequest(
+            "file parts need file_data as a base64 data URL (file ids are not supported)"
+        )
+    mime, data = _data_url(data_url)
+    if mime != "application/pdf":
+        raise BadRequest(f"file parts of type {mime} are not supported by anthropic")
+    return {"type": "document", "source": {"type": "base64", "media_type": mime, "data": data}}
+
+
+def _safe_id(value: Any) -> str:
+    if not isinstance(value, str) or not value:
+        raise BadRequest("tool call ids must be non-empty strings")
+    # Ids minted by other providers may hold characters the API rejects; the same rewrite is applied
+    # to tool_use.id and tool_result.tool_use_id, so the pairing survives.
+    return _UNSAFE_ID.sub("_", value)
+
+
+def _arguments(raw: Any) -> dict[str, Any]:
+    """OpenAI's function.arguments (a JSON string) -> the tool_use `input` object."""
+    if raw is None or raw == "":
+        return {}
+    if isinstance(raw, dict):
+        return raw
+    if not isinstance(raw, str):
+        raise BadRequest("tool_calls[].function.arguments must be a JSON string")
+    try:
+        value = orjson.loads(raw)
+    except orjson.JSONDecodeError:
+        raise BadRequest("tool_calls[].function.arguments is not valid JSON") from None
+    if not isinstance(value, dict):
+        raise BadRequest("tool_calls[].function.arguments must encode a JSON object")
+    return value
+
+
+def _assistant_blocks(msg: dict[str, Any]) -> list[dict[str, Any]]:
+    blocks = _blocks(msg.get("content"), text_only=True)
+    calls = msg.get("tool_calls")
+    if calls is None:
+        return blocks
+    if not isinstance(calls, list):
+        raise BadRequest("tool_calls must be an array")
+    for call in calls:
+        fn = call.get("function") if isinstance(call, dict) else None
+        if not isinstance(fn, dict) or not isinstance(fn.get("name"), str):
+            raise BadRequest("each tool call needs function.name")
+        # [tools] the assistant's tool call is a tool_use block with the arguments as an object.
+        blocks.append(
+            {
+                "type": "tool_use",
+                "id": _safe_id(call.get("id")),
+                "name": fn["name"],
+                "input": _arguments(fn.get("arguments")),
+            }
+        )
+    return blocks
+
+
+def _tool_result(msg: dict[str, Any]) -> dict[str, Any]:
+    block: dict[str, Any] = {
+        "type": "tool_result",
+        "tool_use_id": _safe_id(msg.get("tool_call_id")),
+    }
+    content = msg.get("content")
+    if isinstance(content, str):
+        if content:
+            block["content"] = content
+    else:
+        parts = _blocks(content)  # [tools] tool_result content may hold text and image blocks
+        if parts:
+            block["content"] = parts
+    return block
+
+
+def _tools(req: dict[str, Any]) -> tuple[list[dict[str, Any]], dict[str, Any] | None]:
+    raw = req.get("tools")
+    tools: list[dict[str, Any]] = []
+    if raw is not None:
+        if not isinstance(raw, list):
+            raise BadRequest("tools must be an array")
+        for tool in raw:
+            fn = tool.get("function") if isinstance(tool, dict) else None
+            if not isinstance(fn, dict) or tool.get("type", "function") != "function":
+                raise BadRequest("only tools of type 'function' are supported")
+            if not isinstance(fn.get("name"), str):
+                raise BadRequest("each tool needs function.name")
+            # [tools] {name, description, input_schema}; input_schema must be an object schema.
+            entry: dict[str, Any] = {"name": fn["name"]}
+            if isinstance(fn.get("description"), str):
+                entry["description"] = fn["description"]
+            params = fn.get("parameters")
+            entry["input_schema"] = params if isinstance(params, dict) else {"type": "object"}
+            tools.append(entry)
+    choice = req.get("tool_choice")
+    native: dict[str, Any] | None
+    if choice is None:
+        native = None
+    elif isinstance(choice, str) and choice in _TOOL_CHOICE:
+        native = {"type": _TOOL_CHOICE[choice]}
+    elif isinstance(choice, dict) and isinstance(choice.get("function"), dict):
+        name = choice["function"].get("name")
+        if not isinstance(name, str):
+            raise BadRequest("tool_choice.function.name must be a string")
+        native = {"type": "tool", "name": name}
+    else:
+        raise BadRequest("tool_choice must be auto, none, required or a function")
+    if req.get("parallel_tool_calls") is False and (native is None or native["type"] != "none"):
+        # [tools] parallel tool use is switched off on the tool_choice object itself.
+        native = dict(native or {"type": "auto"}, disable_parallel_tool_use=True)
+    return tools, native
+
+
+def _response_format(
+    fmt: Any,
+    tools: list[dict[str, Any]],
+    choice: dict[str, Any] | None,
+    system: list[dict[str, Any]],
+) -> tuple[list[dict[str, Any]], dict[str, Any] | None]:
+    kind = fmt.get("type") if isinstance(fmt, dict) else None
+    if kind == "text":
+        return tools, choice
+    if kind == "json_object":
+        system.append({"type": "text", "text": _JSON_OBJECT_INSTRUCTION})
+        return tools, choice
+    if kind != "json_schema" or not isinstance(fmt.get("json_schema"), dict):
+        raise BadRequest("response_format must be text, json_object or json_schema")
+    spec = fmt["json_schema"]
+    name = _UNSAFE_ID.sub("_", str(spec.get("name") or "response"))
+    description = spec.get("description")
+    tool = {
+        "name": (JSON_TOOL_PREFIX + name)[:_TOOL_NAME_MAX],
+        "description": description if isinstance(description, str) else _JSON_TOOL_DESCRIPTION,
+        "input_schema": spec.get("schema")
+        if isinstance(spec.get("schema"), dict)
+        else {"type": "object"},
+    }
+    forced = {"type": "tool", "name": tool["name"]}
+    if choice is not None and choice.get("disable_parallel_tool_use"):
+        forced["disable_parallel_tool_use"] = True
+    if not tools or (choice is not None and choice["type"] == "none"):
+        return [tool], forced  # the schema tool is the only way to answer
+    # With the client's own tools present the model must call *some* tool: one of the client's
+    # (returned as tool_calls) or the schema tool (returned as the JSON answer).
+    if choice is None or choice["type"] == "auto":
+        choice = dict(choice or {}, type="any")
+    return [*tools, tool], choice
+
+
+# --------------------------------------------------------------------------- response: Message -> OpenAI
+
+
+def _load_object(data: bytes) -> dict[str, Any]:
+    try:
+        obj = orjson.loads(data)
+    except orjson.JSONDecodeError:
+        raise UpstreamProtocolError("anthropic: response body is not JSON") from None
+    if not isinstance(obj, dict):
+        raise UpstreamProtocolError("anthropic: response body is not a JSON object")
+    return obj
+
+
+def _str(obj: dict[str, Any], key: str) -> str:
+    value = obj.get(key)
+    if not isinstance(value, str):
+        raise UpstreamProtocolError(f"anthropic: `{key}` missing or not a string")
+    return value
+
+
+def _count(obj: dict[str, Any], key: str) -> int:
+    value = obj.get(key)
+    if value is None:
+        return 0
+    if type(value) is not int or value < 0:
+        raise UpstreamProtocolError(f"anthropic: usage.{key} is not a token count")
+    return value
+
+
+def _usage(u: dict[str, Any]) -> dict[str, Any]:
+    """[messages] usage -> OpenAI usage. input_tokens counts only the uncached part of the prompt, so
+    the prompt is input + cache reads + cache writes; the cache figures go to the details."""
+    read = _count(u, "cache_read_input_tokens")
+    write = _count(u, "cache_creation_input_tokens")
+    prompt = _count(u, "input_tokens") + read + write
+    completion = _count(u, "output_tokens")
+    return {
+        "prompt_tokens": prompt,
+        "completion_tokens": completion,
+        "total_tokens": prompt + completion,
+        "prompt_tokens_details": {"cached_tokens": read, "cache_write_tokens": write},
+    }
+
+
+def _reason(value: Any) -> str | None:
+    if value is not None and not isinstance(value, str):
+        raise UpstreamProtocolError("anthropic: stop_reason is not a string")
+    return value
+
+
+def _finish(stop_reason: str | None, client_tool_called: bool) -> str:
+    finish = _FINISH.get(stop_reason, "stop") if stop_reason else "stop"
+    if finish == "tool_calls" and not client_tool_called:
+        return "stop"  # only the json_schema tool was called: that is the answer, not a tool call
+    return finish
+
+
+def parse_message(msg: dict[str, Any]) -> dict[str, Any]:
+    """[messages] a Message object -> the OpenAI choices and usage."""
+    if msg.get("type") == "error":
+        err = msg.get("error")
+        raise _error_event(err if isinstance(err, dict) else {})
+    content = msg.get("content")
+    if not isinstance(content, list):
+        raise UpstreamProtocolError("anthropic: message content is not an array")
+    texts: list[str] = []
+    thinking: list[str] = []
+    calls: list[dict[str, Any]] = []
+    answer: str | None = None
+    for block in content:
+        if not isinstance(block, dict):
+            raise UpstreamProtocolError("anthropic: content block is not an object")
+        kind = block.get("type")
+        if kind == "text":
+            texts.append(_str(block, "text"))
+        elif kind == "thinking":
+            thinking.append(_str(block, "thinking"))
+        elif kind == "tool_use":
+            name = _str(block, "name")
+            args = orjson.dumps(block.get("input", {})).decode()
+            if name.startswith(JSON_TOOL_PREFIX):
+                answer = args
+            else:
+                calls.append(
+                    {
+                        "id": _str(block, "id"),
+                        "type": "function",
+                        "function": {"name": name, "arguments": args},
+                    }
+                )
+        # redacted_thinking, server tool blocks and block types added later have no OpenAI field.
+    message: dict[str, Any] = {"role": "assistant", "content": answer or ("".join(texts) or None)}
+    if thinking:
+        message["reasoning"] = "".join(thinking)
+    if calls:
+        message["tool_calls"] = calls
+    stop_reason = _reason(msg.get("stop_reason"))
+    usage = msg.get("usage")
+    return {
+        "choices": [
+            {
+                "index": 0,
+                "message": message,
+                "finish_reason": _finish(stop_reason, bool(calls)),
+                "native_finish_reason": stop_reason,
+            }
+        ],
+        "usage": _usage(usage if isinstance(usage, dict) else {}),
+    }
+
+
+def _error_event(err: dict[str, Any]) -> UpstreamStatusError:
+    kind, message = err.get("type"), err.get("message")
+    if not isinstance(kind, str):
+        kind = "error"
+    return UpstreamStatusError(
+        f"anthropic: {kind}: {message if isinstance(message, str) else ''}",
+        raw=err,
+        upstream_status=_ERROR_STATUS.get(kind, 500),
+    )
+
+
+# --------------------------------------------------------------------------- streaming
+
+
+def _chunk(delta: dict[str, Any]) -> dict[str, Any]:
+    return {"choices": [{"index": 0, "delta": delta, "finish_reason": None}]}
+
+
+class AnthropicStreamDecoder:
+    """[streaming] event flow -> OpenAI chat.completion.chunk fields.
+
+    message_start, then per content block a content_block_start, deltas and a content_block_stop,
+    then message_delta (stop_reason, cumulative usage) and message_stop; `ping` may come anywhere
+    and new event types may appear ("Other events": ignore them). A tool call's index counts
+    tool_use blocks only, as OpenAI numbers tool calls, not Anthropic's content-block index.
+    """
+
+    __slots__ = (
+        "_blocks",
+        "_client_tool",
+        "_failed",
+        "_sse",
+        "_started",
+        "_stopped",
+        "_tools",
+        "_usage",
+    )
+
+    def __init__(self) -> None:
+        self._sse = SSEParser()
+        self._failed: UpstreamError | None = None
+        self._started = False
+        self._stopped = False
+        self._usage: dict[str, Any] = {}
+        # content-block index -> ("text"|"thinking"|"json"|"other", -1) or ("tool", tool-call index)
+        self._blocks: dict[int, tuple[str, int]] = {}
+        self._tools = 0
+        self._client_tool = False
+
+    def feed(self, data: bytes) -> list[dict[str, Any]]:
+        """Bytes as they arrive -> chunks; raises UpstreamStatusError for an `error` event and
+        UpstreamProtocolError for an event that is not a JSON object of the documented shape.
+
+        When a failure follows events of the same read, their chunks are returned first and the
+        error is raised by the next feed() or close(), so no content that arrived is dropped."""
+        if self._failed is not None:
+            raise self._failed
+        out: list[dict[str, Any]] = []
+        try:
+            for event, payload in self._sse.feed(data):
+                self._event(event, payload, out)
+        except UpstreamError as exc:
+            if not out:
+                raise
+            self._failed = exc
+        return out
+
+    def _event(self, event: str, payload: bytes, out: list[dict[str, Any]]) -> None:
+        try:
+            obj = orjson.loads(payload)
+        except orjson.JSONDecodeError:
+            raise UpstreamProtocolError(f"anthropic: malformed JSON in {event!r} event") from None
+        if not isinstance(obj, dict):
+            raise UpstreamProtocolError(f"anthropic: {event!r} event is not a JSON object")
+        kind = obj.get("type", event)
+        handler = _HANDLERS.get(kind) if isinstance(kind, str) else None
+        if handler is None or self._stopped:
+            return  # ping, events added later, and anything after message_stop
+        try:
+            handler(self, obj, out)
+        except (KeyError, TypeError, AttributeError, ValueError) as exc:
+            if isinstance(exc, EdgeproxyError):
+                raise
+            raise UpstreamProtocolError(f"anthropic: malformed {kind!r} event") from None
+
+    def close(self) -> list[dict[str, Any]]:
+        """The body ended: fine after message_stop, UpstreamProtocolError before it.
+
+        A last event left without its blank line (the streaming guide's own tool-use example
+        ends so) is dispatched; if it was cut short, its JSON fails to parse."""
+        out = self.feed(b"\n\n") if self._sse.pending() else []
+        if self._failed is not None:
+            raise self._failed
+        if not self._stopped:
+            raise UpstreamProtocolError("anthropic: stream ended early (no message_stop)")
+        return out
+
+    # -- one method per event type, dispatched through _HANDLERS
+
+    def _emit(self, out: list[dict[str, Any]], delta: dict[str, Any]) -> None:
+        if not self._started:
+            self._started = True
+            out.append(_chunk({"role": "assistant", "content": ""}))
+        if delta:
+            out.append(_chunk(delta))
+
+    def _message_start(self, ev: dict[str, Any], out: list[dict[str, Any]]) -> None:
+        usage = ev["message"].get("usage")
+        if isinstance(usage, dict):
+            self._usage.update(usage)
+        self._emit(out, {})
+
+    def _block_start(self, ev: dict[str, Any], out: list[dict[str, Any]]) -> None:
+        index, block = ev["index"], ev["content_block"]
+        kind = block["type"]
+        if kind == "text":
+            self._blocks[index] = ("text", -1)
+            if block.get("text"):
+                self._emit(out, {"content": _text(block["text"])})
+        elif kind == "thinking":
+            self._blocks[index] = ("thinking", -1)
+            if block.get("thinking"):
+                self._emit(out, {"reasoning": _text(block["thinking"])})
+        elif kind == "tool_use":
+            name = _text(block["name"])
+            if name.startswith(JSON_TOOL_PREFIX):
+                self._blocks[index] = ("json", -1)  # its input pieces become content deltas
+                self._emit(out, {})
+                return
+            self._blocks[index] = ("tool", self._tools)
+            self._client_tool = True
+            call = {
+                "index": self._tools,
+                "id": _text(block["id"]),
+                "type": "function",
+                "function": {"name": name, "arguments": ""},
+            }
+            self._tools += 1
+            self._emit(out, {"tool_calls": [call]})
+        else:
+            self._blocks[index] = ("other", -1)  # server tools, redacted thinking, later types
+
+    def _block_delta(self, ev: dict[str, Any], out: list[dict[str, Any]]) -> None:
+        kind, tool = self._blocks.get(ev["index"], ("other", -1))
+        delta = ev["delta"]
+        dtype = delta["type"]
+        if dtype == "text_delta":
+            self._emit(out, {"content": _text(delta["text"])})
+        elif dtype == "thinking_delta":
+            self._emit(out, {"reasoning": _text(delta["thinking"])})
+        elif dtype == "input_json_delta":
+            piece = _text(delta["partial_json"])
+            if not piece:
+                return  # the API opens each tool_use with an empty piece
+            if kind == "tool":
+                self._emit(out, {"tool_calls": [{"index": tool, "function": {"arguments": piece}}]})
+            elif kind == "json":
+                self._emit(out, {"content": piece})
+        # signature_delta, citations_delta and later delta types carry no OpenAI field.
+
+    def _message_delta(self, ev: dict[str, Any], out: list[dict[str, Any]]) -> None:
+        usage = ev.get("usage")
+        if isinstance(usage, dict):
+            # [streaming] message_delta usage is cumulative: later figures replace earlier ones.
+            self._usage.update({k: v for k, v in usage.items() if v is not None})
+        stop_reason = _reason(ev["delta"].get("stop_reason"))
+        if stop_reason is not None:
+            self._emit(out, {})
+            out.append(
+                {
+                    "choices": [
+                        {
+                            "index": 0,
+                            "delta": {},
+                            "finish_reason": _finish(stop_reason, self._client_tool),
+                            "native_finish_reason": stop_reason,
+                        }
+                    ]
+                }
+            )
+
+    def _message_stop(self, ev: dict[str, Any], out: list[dict[str, Any]]) -> None:
+        self._stopped = True
+        out.append({"choices": [], "usage": _usage(self._usage)})
+
+    def _error(self, ev: dict[str, Any], out: list[dict[str, Any]]) -> None:
+        err = ev.get("error")
+        raise _error_event(err if isinstance(err, dict) else {})
+
+
+def _text(value: Any) -> str:
+    if not isinstance(value, str):
+        raise UpstreamProtocolError("anthropic: expected a string in a stream event")
+    return value
+
+
+def _ignore(self: AnthropicStreamDecoder, ev: dict[str, Any], out: list[dict[str, Any]]) -> None:
+    return None
+
+
+_HANDLERS = {
+    "message_start": AnthropicStreamDecoder._message_start,
+    "content_block_start": AnthropicStreamDecoder._block_start,
+    "content_block_delta": AnthropicStreamDecoder._block_delta,
+    "content_block_stop": _ignore,
+    "message_delta": AnthropicStreamDecoder._message_delta,
+    "message_stop": AnthropicStreamDecoder._message_stop,
+    "ping": _ignore,
+    "error": AnthropicStreamDecoder._error,
+}
