@@ -9,7 +9,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 
 from aiohttp import web
 
-from . import handlers
+from . import account_api, handlers
 from .config import Config
 from .errors import EdgeproxyError, error_body
 from .gateway import Gateway
@@ -52,8 +52,12 @@ async def error_middleware(request: web.Request, handler: Handler) -> web.Stream
 
 
 async def _lifetime(app: web.Application) -> AsyncIterator[None]:
+    gw = app[handlers.GATEWAY]
+    await gw.start()
     yield
-    await app[handlers.GATEWAY].close()
+    # aiohttp has let in-flight handlers finish (shutdown_timeout) before this runs, so the
+    # ledger writer flushes every generation they recorded (SPEC §5.6).
+    await gw.close()
 
 
 def make_app(cfg: Config, gateway: Gateway | None = None) -> web.Application:
@@ -68,6 +72,7 @@ def make_app(cfg: Config, gateway: Gateway | None = None) -> web.Application:
     for prefix in ("/v1", "/api/v1"):
         app.router.add_post(prefix + "/chat/completions", handlers.chat_completions)
         app.router.add_get(prefix + "/models", handlers.list_models)
+        app.router.add_routes(account_api.routes(prefix))
     app.router.add_get("/healthz", handlers.healthz)
     app.router.add_get("/readyz", handlers.readyz)
     app.router.add_get("/metrics", handlers.metrics)

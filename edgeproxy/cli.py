@@ -8,12 +8,13 @@ import logging
 import signal
 import sys
 from collections.abc import Awaitable, Callable
+from typing import Any
 
 from aiohttp import web
 
 from . import __version__
 from .config import Config, load
-from .errors import ConfigError
+from .errors import ConfigError, EdgeproxyError
 
 __all__ = ["main"]
 
@@ -21,12 +22,6 @@ log = logging.getLogger("edgeproxy")
 
 
 def _check_serve(cfg: Config, workers: int) -> None:
-    if cfg.server.auth == "keys":
-        raise ConfigError(
-            "server.auth",
-            'key authentication needs the accounts ledger, which this build does not have yet; '
-            'set auth = "none" and listen on loopback',
-        )
     if workers > 1 and cfg.storage.state.startswith("memory"):
         raise ConfigError(
             "storage.state",
@@ -113,6 +108,151 @@ def cmd_simulate(args: argparse.Namespace) -> int:
     return simulate.main_from_args(args)
 
 
+def _ledger_cmd(args: argparse.Namespace, fn: Callable[[Any], Awaitable[int]]) -> int:
+    """Run `fn(ledger)` against the configured ledger (the same database `serve` uses)."""
+    from .billing.ledger import Ledger
+    from .billing.store import open_driver
+
+    cfg = load(args.config) if args.config else Config()
+
+    async def go() -> int:
+        ledger = Ledger(open_driver(cfg.storage.ledger))
+        await ledger.open()
+        try:
+            return await fn(ledger)
+        finally:
+            await ledger.close()
+
+    try:
+        return asyncio.run(go())
+    except (EdgeproxyError, ValueError) as exc:
+        print(f"edgeproxy: {exc}", file=sys.stderr)
+        return 2
+
+
+def _usd_arg(text: str | None, what: str, allow_zero: bool = False) -> int | None:
+    from .billing.fees import parse_usd
+
+    if text is None:
+        return None
+    micro = parse_usd(text)
+    if micro < 0 or (micro == 0 and not allow_zero):
+        raise ValueError(f"{what} must be {'>= 0' if allow_zero else 'positive'}")
+    return micro
+
+
+def _money(micro: int | None) -> str:
+    from .billing.pricing import usd_str
+
+    return "none" if micro is None else "$" + usd_str(micro * 1_000_000)
+
+
+def cmd_keys(args: argparse.Namespace) -> int:
+    async def create(ledger: Any) -> int:
+        credits = _usd_arg(args.credits, "--credits")
+        limit = _usd_arg(args.limit, "--limit", allow_zero=True)
+        if args.account:
+            if await ledger.account(args.account) is None:
+                raise ValueError(f"unknown account {args.account!r}")
+            account_id = args.account
+        else:
+            account_id = (await ledger.create_account(args.name)).id
+        if credits:
+            _, fee = await ledger.add_credits(account_id, credits, args.method)
+            print(f"credits: {_money(credits)} added (fee {_money(fee)}, charged "
+                  f"{_money(credits + fee)})", file=sys.stderr)
+        key, row = await ledger.create_key(account_id, args.name, limit)
+        print(f"account: {account_id}\nkey id:  {row.id}\nlimit:   {_money(limit)}",
+              file=sys.stderr)
+        print("the key is shown once; store it now:", file=sys.stderr)
+        print(key)
+        return 0
+
+    async def list_(ledger: Any) -> int:
+        accounts = {a.id: a for a in await ledger.accounts()}
+        print(f"{'key id':<22} {'account':<22} {'label':<20} {'usage':>12} {'limit':>12} "
+              f"{'balance':>14} state")
+        for k in await ledger.keys(args.account):
+            a = accounts.get(k.account_id)
+            print(f"{k.id:<22} {k.account_id:<22} {k.label[:20]:<20} {_money(k.usage_micro):>12} "
+                  f"{_money(k.limit_micro):>12} {_money(a.balance_micro if a else 0):>14} "
+                  f"{'disabled' if k.disabled else 'active'}")
+        return 0
+
+    async def disable(ledger: Any) -> int:
+        row = await ledger.update_key(args.key_id, disabled=not args.enable)
+        print(f"{row.id}: {'disabled' if row.disabled else 'active'}")
+        return 0
+
+    return _ledger_cmd(args, {"create": create, "list": list_, "disable": disable}[args.action])
+
+
+def cmd_credits(args: argparse.Namespace) -> int:
+    async def add(ledger: Any) -> int:
+        amount = _usd_arg(args.amount, "AMOUNT")
+        assert amount is not None
+        acct, fee = await ledger.add_credits(args.account, amount, args.method)
+        print(f"{acct.id}: {_money(amount)} of credits for {_money(amount + fee)} "
+              f"({args.method} fee {_money(fee)}); balance {_money(acct.balance_micro)}")
+        return 0
+
+    return _ledger_cmd(args, add)
+
+
+def _count(text: str) -> int:
+    """'100M', '20k', '1.5B', '1000' -> an integer count."""
+    from decimal import Decimal, InvalidOperation
+
+    t = text.strip().upper().replace(",", "").replace("_", "")
+    mult = {"K": 10**3, "M": 10**6, "B": 10**9}.get(t[-1:], 1)
+    if mult != 1:
+        t = t[:-1]
+    try:
+        n = Decimal(t) * mult
+    except InvalidOperation:
+        raise argparse.ArgumentTypeError(f"not a count: {text!r}") from None
+    if n < 0 or n != n.to_integral_value():
+        raise argparse.ArgumentTypeError(f"not a whole count: {text!r}")
+    return int(n)
+
+
+def _percent(text: str) -> int:
+    """'20%' or '20' -> 2000 basis points."""
+    from decimal import Decimal, InvalidOperation
+
+    try:
+        d = Decimal(text.strip().rstrip("%"))
+    except InvalidOperation:
+        raise argparse.ArgumentTypeError(f"not a percentage: {text!r}") from None
+    if not 0 <= d <= 100:
+        raise argparse.ArgumentTypeError("a percentage between 0 and 100")
+    return int(d * 100)
+
+
+def cmd_cost(args: argparse.Namespace) -> int:
+    from .billing.fees import compare_costs
+    from .routing import micro
+
+    cfg = load(args.config) if args.config else Config()
+    model = cfg.models.get(args.model)
+    if model is None:
+        print(f"edgeproxy: unknown model {args.model!r}", file=sys.stderr)
+        return 2
+    ep = min(model.endpoints, key=lambda e: e.prompt + e.completion)
+    rows = compare_costs(micro(ep.prompt), micro(ep.completion), args.input_tokens,
+                         args.output_tokens, args.requests or 0, cfg.billing.byok_free_requests,
+                         args.byok_discount)
+    print(f"{args.model}: ${ep.prompt}/${ep.completion} per 1M tokens (in/out), "
+          f"{args.input_tokens:,} input + {args.output_tokens:,} output tokens"
+          + (f", {args.requests:,} requests" if args.requests else ""))
+    print(f"| {'payment':<24} | {'tokens':>12} | {'fees':>12} | {'total':>12} | note")
+    print(f"|{'-' * 26}|{'-' * 14}|{'-' * 14}|{'-' * 14}|------")
+    for r in rows:
+        print(f"| {r.payment:<24} | {_money(r.tokens):>12} | {_money(r.fees):>12} | "
+              f"{_money(r.total):>12} | {r.note}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="edgeproxy", description="A self-hosted LLM gateway.")
     p.add_argument("--version", action="version", version=f"edgeproxy {__version__}")
@@ -130,6 +270,41 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--port", type=int, default=8080)
     d.add_argument("--host", default="127.0.0.1")
     d.set_defaults(func=cmd_demo)
+
+    k = sub.add_parser("keys", help="create, list or disable API keys (on the ledger)")
+    ksub = k.add_subparsers(dest="action", required=True)
+    kc = ksub.add_parser("create", help="a new key (and a new account unless --account)")
+    kc.add_argument("--name", required=True)
+    kc.add_argument("--account", help="an existing account id")
+    kc.add_argument("--credits", help="USD of credits to add to the account")
+    kc.add_argument("--method", choices=("card", "crypto"), default="card")
+    kc.add_argument("--limit", help="the key's own spend limit in USD")
+    kl = ksub.add_parser("list", help="keys with usage, limit and account balance")
+    kl.add_argument("--account")
+    kd = ksub.add_parser("disable", help="disable a key (or --enable it again)")
+    kd.add_argument("key_id")
+    kd.add_argument("--enable", action="store_true")
+    for kp in (kc, kl, kd):
+        kp.add_argument("--config", help="TOML configuration file (its [storage] ledger)")
+    k.set_defaults(func=cmd_keys)
+
+    c = sub.add_parser("credits", help="add credits to an account")
+    csub = c.add_subparsers(dest="action", required=True)
+    ca = csub.add_parser("add", help="buy AMOUNT USD of credits for ACCOUNT")
+    ca.add_argument("account")
+    ca.add_argument("amount")
+    ca.add_argument("--method", choices=("card", "crypto"), default="card")
+    ca.add_argument("--config")
+    c.set_defaults(func=cmd_credits)
+
+    co = sub.add_parser("cost", help="direct vs credits vs BYOK for a workload (SPEC §5.4)")
+    co.add_argument("--model", required=True)
+    co.add_argument("--input-tokens", type=_count, required=True)
+    co.add_argument("--output-tokens", type=_count, required=True)
+    co.add_argument("--requests", type=_count)
+    co.add_argument("--byok-discount", type=_percent, default=0)
+    co.add_argument("--config")
+    co.set_defaults(func=cmd_cost)
 
     from . import simulate
 

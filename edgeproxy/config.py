@@ -20,6 +20,7 @@ import msgspec
 from .errors import ConfigError
 
 __all__ = [
+    "BillingConfig",
     "Config",
     "EndpointConfig",
     "ModelConfig",
@@ -140,8 +141,36 @@ class RoutingConfig(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
     seed: int | None = None
 
 
+class BillingConfig(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
+    # Secrets come from the environment only: these name the variables.
+    admin_key_env: str = "EDGEPROXY_ADMIN_KEY"
+    byok_secret_env: str = "EDGEPROXY_BYOK_SECRET"
+    # BYOK: requests per calendar month without the 5 % fee (SPEC §5.4); optionally an allowance
+    # of list-price spend instead (USD), which is how OpenRouter counts it today.
+    byok_free_requests: Annotated[int, msgspec.Meta(ge=0)] = 1_000_000
+    byok_free_spend_usd: Decimal | None = None
+    # Free models (SPEC §5.5).
+    free_per_minute: Positive = 20
+    free_per_day: Positive = 50
+    free_per_day_paid: Positive = 1000
+    free_paid_threshold_usd: Decimal = Decimal(10)
+    # The ledger writer: a batch goes out when it is this big or this old.
+    flush_interval_ms: Positive = 50
+    flush_batch: Positive = 1000
+    # How often balances, keys and limits are re-read from the ledger (other processes write it).
+    refresh_s: Seconds = 1.0
+    local_account: str = "local"
+
+    def admin_key(self) -> str:
+        return os.environ.get(self.admin_key_env, "")
+
+    def byok_secret(self) -> str:
+        return os.environ.get(self.byok_secret_env, "")
+
+
 class Config(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
     server: ServerConfig = ServerConfig()
+    billing: BillingConfig = BillingConfig()
     storage: StorageConfig = StorageConfig()
     routing: RoutingConfig = RoutingConfig()
     providers: dict[str, ProviderConfig] = {}

@@ -4,7 +4,6 @@ and metrics. The HTTP face (`app`, `handlers`, `streaming`) calls into it; it im
 
 from __future__ import annotations
 
-import os
 import secrets
 import time
 from typing import Any
@@ -12,7 +11,11 @@ from typing import Any
 import orjson
 
 from . import routing
-from .billing.pricing import charge_pico, cost_json
+from .billing.fees import byok_fee
+from .billing.ledger import GenerationRecord, Ledger
+from .billing.pricing import charge_pico, cost_json, micro_ceil
+from .billing.service import Billing, Caller, Reservation
+from .billing.store import open_driver
 from .config import Config
 from .errors import (
     BadRequest,
@@ -26,7 +29,7 @@ from .errors import (
 from .metrics import Counter, Gauge, Histogram, Registry
 from .protocols import adapter_for
 from .protocols.base import Adapter, Target, UpstreamCall
-from .routing import Endpoint, RouteTable
+from .routing import Endpoint, Plan, RouteTable
 from .upstream import Upstreams
 
 __all__ = ["Attempt", "Gateway", "Generation"]
@@ -40,18 +43,28 @@ class Generation:
 
     __slots__ = (
         "app",
+        "caller",
         "cancelled",
+        "cost_micro",
         "created",
         "endpoint",
+        "estimated",
         "finish_reason",
+        "generation_s",
         "id",
+        "is_byok",
         "model",
+        "native_finish_reason",
+        "prompt_estimate",
+        "reservation",
+        "route",
         "started",
         "streamed",
+        "ttft_s",
         "usage",
     )
 
-    def __init__(self, model: str, streamed: bool, app: str | None) -> None:
+    def __init__(self, model: str, streamed: bool, app: str | None, caller: Caller) -> None:
         self.created = int(time.time())
         self.id = f"gen-{self.created}-{secrets.token_urlsafe(15)}"
         self.model = model
@@ -61,18 +74,31 @@ class Generation:
         self.endpoint: Endpoint | None = None
         self.usage: dict[str, Any] | None = None
         self.finish_reason: str | None = None
+        self.native_finish_reason: str | None = None
         self.cancelled = False
+        self.caller = caller
+        self.reservation: Reservation | None = None
+        self.cost_micro = 0
+        self.is_byok = False
+        self.estimated = False
+        self.route = ""
+        self.ttft_s = 0.0
+        self.generation_s = 0.0
+        self.prompt_estimate = 0
 
 
 class Attempt:
     """One try at one endpoint: its adapter, the prepared upstream call."""
 
-    __slots__ = ("adapter", "call", "endpoint", "started")
+    __slots__ = ("adapter", "call", "endpoint", "is_byok", "started")
 
-    def __init__(self, endpoint: Endpoint, adapter: Adapter, call: UpstreamCall) -> None:
+    def __init__(
+        self, endpoint: Endpoint, adapter: Adapter, call: UpstreamCall, is_byok: bool
+    ) -> None:
         self.endpoint = endpoint
         self.adapter = adapter
         self.call = call
+        self.is_byok = is_byok
         self.started = time.perf_counter()
 
 
@@ -82,6 +108,8 @@ class Gateway:
         self.routes = RouteTable(cfg, seed=seed)
         self.upstreams = Upstreams(cfg.providers)
         self._keys = {name: p.api_key() for name, p in cfg.providers.items()}
+        self.billing = Billing(Ledger(open_driver(cfg.storage.ledger)), cfg.billing,
+                               cfg.server.auth)
         self.metrics = m = Registry()
         self.m_requests = m.add(Counter(
             "edgeproxy_requests_total", "Requests by model, provider and status",
@@ -118,21 +146,41 @@ class Gateway:
         }
 
     async def close(self) -> None:
+        await self.billing.stop()
         await self.upstreams.close()
 
     # -- attempts -------------------------------------------------------------------------------
 
     def prepare(
-        self, ep: Endpoint, body: bytes, req_dict: dict[str, Any] | None, stream: bool
+        self, gen: Generation, ep: Endpoint, body: bytes, req_dict: dict[str, Any] | None,
+        stream: bool,
     ) -> Attempt:
         adapter = adapter_for(ep.provider_cfg.protocol)
         if adapter.needs_dict and req_dict is None:
             raise RuntimeError("adapter needs the decoded request")
+        # BYOK: the account's own key for this provider, when it registered one (SPEC §5.4).
+        own = gen.caller.byok.get(ep.provider) if gen.caller.byok else None
         target = Target(
-            ep.provider_cfg.base_url.rstrip("/"), self._keys[ep.provider], ep.upstream_model,
-            ep.max_output,
+            ep.provider_cfg.base_url.rstrip("/"), own or self._keys[ep.provider],
+            ep.upstream_model, ep.max_output,
         )
-        return Attempt(ep, adapter, adapter.build_request(req_dict, body, target, stream))
+        return Attempt(ep, adapter, adapter.build_request(req_dict, body, target, stream),
+                       own is not None)
+
+    def max_cost(self, caller: Caller, plan: Plan, prompt_tokens: int, max_tokens: int) -> int:
+        """The most this request can cost on any endpoint of its plan (micro-USD), SPEC §5.3."""
+        worst = 0
+        for ep in plan.endpoints:
+            out = min(max_tokens, ep.max_output) if max_tokens else ep.max_output
+            cost = micro_ceil(charge_pico(prompt_tokens, out, ep.prompt_price,
+                                          ep.completion_price, ep.request_price))
+            if caller.byok and ep.provider in caller.byok:
+                cost = byok_fee(cost, 1, 0)
+            worst = max(worst, cost)
+        return worst
+
+    async def start(self) -> None:
+        await self.billing.start()
 
     def status_error(self, att: Attempt, status: int, data: bytes, headers: Any) -> UpstreamError:
         """A non-2xx upstream answer -> the error to record, retry or relay."""
@@ -200,27 +248,57 @@ class Gateway:
 
     # -- money ------------------------------------------------------------------------------------
 
-    def finish_usage(self, gen: Generation, usage: dict[str, Any] | None, text_chars: int) -> dict:
-        """Complete the usage object with `cost` and `is_byok` (SPEC §1.1, §5.3)."""
-        ep = gen.endpoint
-        assert ep is not None
+    def finish_usage(
+        self, gen: Generation, att: Attempt, usage: dict[str, Any] | None, text_chars: int
+    ) -> dict[str, Any]:
+        """Complete the usage object with `cost` and `is_byok` (SPEC §1.1, §5.3) and settle."""
+        ep = att.endpoint
+        gen.endpoint = ep
+        gen.model = ep.model_id  # a `models` fallback may have served another model
         if not isinstance(usage, dict) or "prompt_tokens" not in usage:
             # The upstream reported none: an estimate, marked as such (4 characters a token).
             usage = {
-                "prompt_tokens": 0, "completion_tokens": max(1, text_chars // 4), "estimated": True,
+                "prompt_tokens": gen.prompt_estimate, "completion_tokens": -(-text_chars // 4),
+                "estimated": True,
             }
+            gen.estimated = True
         pt = _int(usage.get("prompt_tokens"))
         ct = _int(usage.get("completion_tokens"))
         usage["prompt_tokens"] = pt
         usage["completion_tokens"] = ct
         usage["total_tokens"] = pt + ct
-        pico = charge_pico(pt, ct, ep.prompt_price, ep.completion_price, ep.request_price)
-        usage["cost"] = cost_json(pico)
-        usage["is_byok"] = False
+        cost = micro_ceil(charge_pico(pt, ct, ep.prompt_price, ep.completion_price,
+                                      ep.request_price))
+        if att.is_byok:
+            cost = self.billing.byok_charge(gen.caller, cost)
+        gen.cost_micro = cost
+        gen.is_byok = att.is_byok
+        usage["cost"] = cost_json(cost * 1_000_000)
+        usage["is_byok"] = att.is_byok
         gen.usage = usage
-        if pico:
-            self.m_spent.inc((gen.model,), pico / 1e12)
+        if cost:
+            self.m_spent.inc((gen.model,), cost / 1e6)
         return usage
+
+    def record(self, gen: Generation) -> None:
+        """Settle the reservation with the real charge and queue the ledger record."""
+        ep = gen.endpoint
+        usage = gen.usage or {}
+        details = usage.get("completion_tokens_details") or {}
+        pdetails = usage.get("prompt_tokens_details") or {}
+        total_s = time.perf_counter() - gen.started
+        rec = GenerationRecord(
+            gen.id, gen.caller.account.id, gen.caller.key.id, gen.model,
+            ep.provider if ep else "", _int(usage.get("prompt_tokens")),
+            _int(usage.get("completion_tokens")),
+            _int(details.get("reasoning_tokens") if isinstance(details, dict) else 0),
+            _int(pdetails.get("cached_tokens") if isinstance(pdetails, dict) else 0),
+            gen.cost_micro, gen.is_byok, gen.estimated, int(total_s * 1000),
+            int(gen.ttft_s * 1000), int(gen.generation_s * 1000), gen.streamed, gen.cancelled,
+            gen.finish_reason, gen.native_finish_reason, gen.app, gen.route, gen.created,
+        )
+        assert gen.reservation is not None
+        self.billing.settle(gen.reservation, rec)
 
 
 def _int(v: Any) -> int:
@@ -242,7 +320,3 @@ def request_dict(body: bytes) -> dict[str, Any]:
     except orjson.JSONDecodeError as exc:  # already validated by msgspec; kept for safety
         raise BadRequest(f"malformed JSON body: {exc}") from None
     return d
-
-
-def env_flag(name: str) -> bool:
-    return os.environ.get(name, "") not in ("", "0", "false", "no")

@@ -61,15 +61,28 @@ def estimate_prompt_tokens(body: bytes) -> int:
 
 async def chat_completions(request: web.Request) -> web.StreamResponse:
     gw = request.app[GATEWAY]
+    caller = await gw.billing.authenticate(request.headers.get("Authorization"))
     body = await read_body(request, gw)
     req = decode_chat(body)
     validate_chat(req, gw)
-    plan = gw.routes.plan(req, estimate_prompt_tokens(body))
-    gen = Generation(plan.endpoints[0].model_id, req.stream, app_name(request))
-    req_dict = request_dict(body) if _needs_dict(plan.endpoints) else None
-    if req.stream:
-        return await stream_chat(request, gw, gen, plan, body, req_dict)
-    return await complete_chat(gw, gen, plan, body, req_dict)
+    prompt_tokens = estimate_prompt_tokens(body)
+    plan = gw.routes.plan(req, prompt_tokens)
+    if all(ep.is_free for ep in plan.endpoints):
+        gw.billing.check_free(caller)
+    max_tokens = req.max_completion_tokens or req.max_tokens or 0
+    gen = Generation(plan.endpoints[0].model_id, req.stream, app_name(request), caller)
+    gen.route = plan.rule
+    gen.prompt_estimate = prompt_tokens
+    # Reserve the most this request can cost before any upstream is contacted (402 otherwise).
+    gen.reservation = gw.billing.reserve(
+        caller, gw.max_cost(caller, plan, prompt_tokens, max_tokens))
+    try:
+        req_dict = request_dict(body) if _needs_dict(plan.endpoints) else None
+        if req.stream:
+            return await stream_chat(request, gw, gen, plan, body, req_dict)
+        return await complete_chat(gw, gen, plan, body, req_dict)
+    finally:
+        gw.billing.release(gen.reservation)
 
 
 def _needs_dict(endpoints: list[routing.Endpoint]) -> bool:
@@ -87,7 +100,7 @@ async def complete_chat(
     all_degraded = gw.routes.is_degraded(plan.endpoints[0])
     waited = 0.0
     for n, ep in enumerate(plan.endpoints):
-        att = gw.prepare(ep, body, req_dict, stream=False)
+        att = gw.prepare(gen, ep, body, req_dict, stream=False)
         try:
             resp = await gw.upstreams.post(ep.provider, att.call)
             try:
@@ -106,9 +119,7 @@ async def complete_chat(
             continue
         elapsed = time.perf_counter() - att.started
         waited += elapsed
-        gen.endpoint = ep
-        gen.model = ep.model_id  # a `models` fallback may have served another model
-        usage = gw.finish_usage(gen, out.get("usage"), 0)
+        usage = gw.finish_usage(gen, att, out.get("usage"), 0)
         gw.succeeded(att, 0.0, elapsed, usage["completion_tokens"])
         if n:
             gw.m_fallbacks.inc((gen.model,))
@@ -121,6 +132,9 @@ async def complete_chat(
         choices = out.get("choices")
         if choices:
             gen.finish_reason = choices[0].get("finish_reason")
+            gen.native_finish_reason = choices[0].get("native_finish_reason")
+        gen.generation_s = elapsed
+        gw.record(gen)
         total = time.perf_counter() - gen.started
         gw.m_overhead.observe(max(0.0, total - waited))
         gw.m_latency.observe(total, (gen.model,))

@@ -40,6 +40,7 @@ _SSE_HEADERS = {
 class _Relay:
     __slots__ = (
         "committed",
+        "current",
         "first_content",
         "gen",
         "gw",
@@ -59,6 +60,7 @@ class _Relay:
         self.committed = False  # a content byte has gone to the client: no more fallback
         self.text_chars = 0
         self.first_content = 0.0
+        self.current: Attempt | None = None  # the attempt being relayed
         self.usage: dict[str, Any] | None = None
         self.timer: asyncio.TimerHandle | None = None
         self.keepalive: asyncio.Task[None] | None = None
@@ -145,6 +147,7 @@ class _Relay:
                 if c.get("finish_reason") is not None:
                     self.committed = True
                     self.gen.finish_reason = c["finish_reason"]
+                    self.gen.native_finish_reason = c.get("native_finish_reason")
             if self.committed and not self.first_content:
                 self.first_content = time.perf_counter()
             out.append(self.frame(chunk, provider))
@@ -182,12 +185,13 @@ class _Relay:
         finally:
             resp.close()
         end = time.perf_counter()
-        self.gen.endpoint = att.endpoint
-        usage = gw.finish_usage(self.gen, self.usage, self.text_chars)
+        usage = gw.finish_usage(self.gen, att, self.usage, self.text_chars)
         start_gen = self.first_content or first_byte or end
-        gw.succeeded(att, (first_byte or end) - att.started, end - start_gen,
-                     usage["completion_tokens"])
-        gw.m_ttft.observe((first_byte or end) - att.started, (name,))
+        self.gen.ttft_s = (first_byte or end) - att.started
+        self.gen.generation_s = end - start_gen
+        gw.succeeded(att, self.gen.ttft_s, self.gen.generation_s, usage["completion_tokens"])
+        gw.m_ttft.observe(self.gen.ttft_s, (name,))
+        gw.record(self.gen)
         tail = self.frame({"choices": [], "usage": usage}, name)
         await self._write(tail + _DONE)
 
@@ -207,7 +211,8 @@ async def stream_chat(
     try:
         for n, ep in enumerate(plan.endpoints):
             provider = ep.provider
-            att = gw.prepare(ep, body, req_dict, stream=True)
+            att = gw.prepare(gen, ep, body, req_dict, stream=True)
+            relay.current = att
             try:
                 await relay.attempt(att)
             except UpstreamError as err:
@@ -234,8 +239,12 @@ async def stream_chat(
         await relay.response.write_eof()
         return relay.response
     except (asyncio.CancelledError, ConnectionResetError):
-        # The client went away: the upstream response was closed by attempt()'s finally.
+        # The client went away: the upstream response was closed by attempt()'s finally. What
+        # was generated so far is billed (SPEC §4), from the upstream's usage if it came.
         gen.cancelled = True
+        if relay.current is not None and gen.usage is None:
+            gw.finish_usage(gen, relay.current, relay.usage, relay.text_chars)
+            gw.record(gen)
         gw.m_requests.inc((gen.model, provider, "cancelled"))
         raise
     finally:

@@ -9,6 +9,7 @@ import asyncio
 import os
 import threading
 from collections.abc import Coroutine, Iterator
+from pathlib import Path
 from typing import Any, TypeVar
 
 import httpx
@@ -77,8 +78,9 @@ class GatewayHandle:
 class Stack:
     """Per-test servers; everything started here is stopped at the end of the test."""
 
-    def __init__(self, lt: LoopThread) -> None:
+    def __init__(self, lt: LoopThread, tmp: Path) -> None:
         self.lt = lt
+        self.tmp = tmp
         self._runners: list[web.AppRunner] = []
 
     def sim(self, protocol: str = "openai", **opts: Any) -> SimHandle:
@@ -90,6 +92,7 @@ class Stack:
         return SimHandle(protocol, runner)
 
     def gateway(self, cfg: dict[str, Any], seed: int = 1234) -> GatewayHandle:
+        cfg.setdefault("storage", {"ledger": f"sqlite:///{self.tmp}/ledger-{len(self._runners)}.db"})
         config = parse(cfg)
 
         async def go() -> tuple[Gateway, web.AppRunner]:
@@ -151,9 +154,11 @@ def loop_thread() -> Iterator[LoopThread]:
 
 
 @pytest.fixture
-def stack(loop_thread: LoopThread, monkeypatch: pytest.MonkeyPatch) -> Iterator[Stack]:
+def stack(
+    loop_thread: LoopThread, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> Iterator[Stack]:
     monkeypatch.setenv("EDGEPROXY_TEST_UPSTREAM_KEY", "sk-upstream-provider-key")
-    s = Stack(loop_thread)
+    s = Stack(loop_thread, tmp_path)
     yield s
     s.close()
 

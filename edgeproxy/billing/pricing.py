@@ -11,7 +11,7 @@ from decimal import Decimal
 
 import orjson
 
-__all__ = ["PICO_PER_USD", "charge_pico", "cost_json", "usd", "usd_str"]
+__all__ = ["PICO_PER_USD", "charge_pico", "cost_json", "micro_ceil", "usd", "usd_str"]
 
 PICO_PER_USD = 10**12
 _PICO_PER_MICRO = 10**6
@@ -33,6 +33,11 @@ def charge_pico(
         + completion_tokens * completion_price
         + request_price * _PICO_PER_MICRO
     )
+
+
+def micro_ceil(pico: int) -> int:
+    """What is charged: the exact amount rounded up to the micro-USD the ledger keeps."""
+    return -(-pico // _PICO_PER_MICRO)
 
 
 def usd(pico: int) -> Decimal:

@@ -60,14 +60,6 @@ def test_bad_config_is_refused_with_the_key_path(tmp_path, toml: str, expected: 
     assert "Traceback" not in p.stderr
 
 
-def test_serve_without_keys_mode_is_refused_clearly(tmp_path) -> None:
-    path = tmp_path / "keys.toml"
-    path.write_text('[server]\nlisten = "127.0.0.1:0"\n')
-    p = subprocess.run([*EXE, "serve", "--config", str(path)], capture_output=True, text=True,
-                       timeout=30)
-    assert p.returncode == 2 and "server.auth" in p.stderr and "Traceback" not in p.stderr
-
-
 def test_demo_serves_the_sdk_and_stops_on_sigterm() -> None:
     port = free_port()
     env = dict(os.environ, PYTHONUNBUFFERED="1")

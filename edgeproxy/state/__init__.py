@@ -1,0 +1,1 @@
+"""Shared runtime state behind one interface: in-process (`memory://`), Redis later (SPEC §8)."""
