@@ -15,7 +15,7 @@ else:
 
     debug = bool(os.environ.get("EDGEPROXY_DEBUG"))
     ext_modules = cythonize(
-        [Extension("edgeproxy._fastroute", ["edgeproxy/_fastroute.pyx"], extra_compile_args=["-O2"])],
+        [Extension("edgeproxy._fastroute", ["edgeproxy/_fastroute.pyx"], extra_compile_args=["-O2", "-ffp-contract=off"])],
         compiler_directives={
             "language_level": 3,
             "boundscheck": debug,
