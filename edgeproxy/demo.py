@@ -7,6 +7,7 @@ different prices and speeds, so default routing, `:nitro`, `:floor` and fallback
 from __future__ import annotations
 
 import asyncio
+import os
 import tempfile
 from dataclasses import dataclass
 
@@ -53,6 +54,8 @@ _DEMO_MODELS: dict[str, tuple[int, list[tuple[str, str, str, str, str]]]] = {
     ]),
 }
 
+# The simulated providers take any key, but real Anthropic and Gemini clients always send one.
+DEMO_KEY_ENV = "EDGEPROXY_DEMO_PROVIDER_KEY"
 _BASE_PATH = {"openai": "/v1", "anthropic": "/v1", "gemini": "/v1beta"}
 
 
@@ -62,6 +65,7 @@ def demo_config(ports: dict[str, int], listen: str, ledger: str) -> dict:
         p.name: {
             "protocol": p.protocol,
             "base_url": f"http://127.0.0.1:{ports[p.name]}{_BASE_PATH[p.protocol]}",
+            "api_key_env": DEMO_KEY_ENV,
             "data_collection": "deny",
         }
         for p in DEMO_PROVIDERS
@@ -82,7 +86,7 @@ def demo_config(ports: dict[str, int], listen: str, ledger: str) -> dict:
         for mid, (ctx, eps) in _DEMO_MODELS.items()
     }
     return {
-        "server": {"listen": listen, "auth": "none"},
+        "server": {"listen": listen, "auth": "keys"},
         "storage": {"ledger": ledger, "state": "memory://"},
         "providers": providers,
         "models": models,
@@ -100,19 +104,39 @@ async def start_simulators() -> tuple[dict[str, int], list[web.AppRunner]]:
     return ports, runners
 
 
-def _snippets(base: str) -> str:
+async def create_demo_key(ledger_url: str, credits_usd: int = 10) -> str:
+    """A demo account with some credits, and its key (the gateway bills the demo like any other)."""
+    from .billing.ledger import Ledger
+    from .billing.store import open_driver
+
+    ledger = Ledger(open_driver(ledger_url))
+    await ledger.open()
+    try:
+        acct = await ledger.create_account("demo")
+        await ledger.add_credits(acct.id, credits_usd * 1_000_000, "card")
+        key, _ = await ledger.create_key(acct.id, "demo")
+        return key
+    finally:
+        await ledger.close()
+
+
+def _snippets(base: str, key: str) -> str:
     model = "meta-llama/llama-3.1-70b-instruct"
     return f"""
-edgeproxy demo is up: {base}/v1  (simulated providers, no API keys needed)
+edgeproxy demo is up: {base}/v1  (simulated providers: no provider keys needed)
+Demo key (an account with $10 of credits): {key}
 
   curl {base}/v1/chat/completions -H 'Content-Type: application/json' \\
+    -H 'Authorization: Bearer {key}' \\
     -d '{{"model": "{model}", "messages": [{{"role": "user", "content": "Hello!"}}]}}'
 
   from openai import OpenAI
-  client = OpenAI(base_url="{base}/v1", api_key="demo")
+  client = OpenAI(base_url="{base}/v1", api_key="{key}")
   r = client.chat.completions.create(model="{model}",
                                      messages=[{{"role": "user", "content": "Hello!"}}])
   print(r.choices[0].message.content, r.provider if hasattr(r, "provider") else "")
+
+  # credits left: curl {base}/v1/credits -H 'Authorization: Bearer {key}'
 
 Models: {", ".join(_DEMO_MODELS)}
 Variants: append :nitro (fastest), :floor (cheapest), :free (free endpoints only).
@@ -124,13 +148,16 @@ async def run_demo(port: int, host: str = "127.0.0.1") -> None:
     from .app import make_app
     from .cli import run_app
 
+    os.environ.setdefault(DEMO_KEY_ENV, "sim-provider-key")
     ports, runners = await start_simulators()
     tmp = tempfile.TemporaryDirectory(prefix="edgeproxy-demo-")
     try:
-        cfg = parse(demo_config(ports, f"{host}:{port}", f"sqlite:///{tmp.name}/ledger.db"))
+        ledger = f"sqlite:///{tmp.name}/ledger.db"
+        cfg = parse(demo_config(ports, f"{host}:{port}", ledger))
+        key = await create_demo_key(ledger)
 
         def ready(bound: int) -> None:
-            print(_snippets(f"http://{host}:{bound}"), flush=True)
+            print(_snippets(f"http://{host}:{bound}", key), flush=True)
 
         await run_app(make_app(cfg), host, port, ready)
     finally:

@@ -166,3 +166,42 @@ def stack(
 def pytest_asyncio_loop_factories(config: pytest.Config, item: pytest.Item) -> dict[str, Any]:
     """Async tests run on uvloop, as the gateway does."""
     return {"uvloop": uvloop.new_event_loop}
+
+
+def _pg_up() -> bool:
+    import socket
+
+    try:
+        socket.create_connection(("127.0.0.1", 5432), timeout=0.5).close()
+        return True
+    except OSError:
+        return False
+
+
+@pytest.fixture
+def pg_url(loop_thread: LoopThread) -> Iterator[str]:
+    """A fresh PostgreSQL database on 127.0.0.1:5432, dropped afterwards. Skipped where none
+    runs, unless EDGEPROXY_REQUIRE_SERVICES=1 (CI), which makes it a failure."""
+    if not _pg_up():
+        if REQUIRE_SERVICES:
+            pytest.fail("PostgreSQL is required (EDGEPROXY_REQUIRE_SERVICES=1) but not reachable")
+        pytest.skip("no PostgreSQL on 127.0.0.1:5432")
+    import secrets
+
+    import asyncpg
+
+    name = "edgeproxy_test_" + secrets.token_hex(6)
+    admin = "postgresql://postgres@127.0.0.1:5432/postgres"
+
+    async def run(sql: str) -> None:
+        conn = await asyncpg.connect(admin)
+        try:
+            await conn.execute(sql)
+        finally:
+            await conn.close()
+
+    loop_thread.run(run(f'CREATE DATABASE "{name}"'))
+    try:
+        yield f"postgresql://postgres@127.0.0.1:5432/{name}"
+    finally:
+        loop_thread.run(run(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))

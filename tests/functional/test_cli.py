@@ -74,7 +74,9 @@ def _use_demo(proc: subprocess.Popen, port: int) -> None:
         out = wait_for(proc, "Stop with Ctrl-C")
         assert f"curl http://127.0.0.1:{port}/v1/chat/completions" in out
         assert "from openai import OpenAI" in out
-        c = openai.OpenAI(base_url=f"http://127.0.0.1:{port}/v1", api_key="demo", max_retries=0)
+        key = out.split("Demo key (an account with $10 of credits): ")[1].split()[0]
+        assert key.startswith("sk-ep-v1-")
+        c = openai.OpenAI(base_url=f"http://127.0.0.1:{port}/v1", api_key=key, max_retries=0)
         r = c.chat.completions.create(model="meta-llama/llama-3.1-70b-instruct",
                                       messages=[{"role": "user", "content": "Hello!"}])
         assert r.choices[0].message.content
@@ -84,6 +86,9 @@ def _use_demo(proc: subprocess.Popen, port: int) -> None:
         chunks = list(s)
         assert chunks[-1].model_extra["provider"] == "groq" and chunks[-1].usage is not None
         assert chunks[-1].usage.model_extra["cost"] == 0
+        for model in ("anthropic/claude-3.5-haiku", "google/gemini-2.5-flash"):
+            r = c.chat.completions.create(model=model, messages=[{"role": "user", "content": "Hi"}])
+            assert r.choices[0].message.content and r.usage.model_extra["cost"] > 0
     finally:
         proc.send_signal(signal.SIGTERM)
         proc.wait(timeout=20)
