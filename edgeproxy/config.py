@@ -17,10 +17,12 @@ from urllib.parse import urlsplit
 
 import msgspec
 
+from .autorouter import AutoPolicy
 from .errors import ConfigError
 
 __all__ = [
     "BillingConfig",
+    "CatalogConfig",
     "Config",
     "EndpointConfig",
     "ModelConfig",
@@ -168,9 +170,17 @@ class BillingConfig(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
         return os.environ.get(self.byok_secret_env, "")
 
 
+class CatalogConfig(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
+    # The built-in catalog (SPEC §6) is merged under the file's own models and providers;
+    # `builtin = false` leaves only what the file names.
+    builtin: bool = True
+
+
 class Config(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
     server: ServerConfig = ServerConfig()
     billing: BillingConfig = BillingConfig()
+    catalog: CatalogConfig = CatalogConfig()
+    auto: AutoPolicy = msgspec.field(default_factory=AutoPolicy)
     storage: StorageConfig = StorageConfig()
     routing: RoutingConfig = RoutingConfig()
     providers: dict[str, ProviderConfig] = {}
@@ -286,12 +296,26 @@ def _check(cfg: Config) -> None:
                     raise ConfigError(f"{where}.{field}", "expected a price >= 0 (USD)")
 
 
-def loads(text: str) -> Config:
+def loads(text: str, environ: dict[str, str] | None = None) -> Config:
+    """A configuration file's text -> Config, with the built-in catalog merged in (unless
+    `[catalog] builtin = false`) and catalog endpoints whose provider has no key left out."""
+    from . import catalog
+
     try:
         data = tomllib.loads(text)
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError("", f"not valid TOML: {exc}") from None
-    return parse(data)
+    user_models = set(data.get("models", {})) if isinstance(data.get("models"), dict) else set()
+    merged = catalog.merge(catalog.builtin_document(), data)
+    # The file's own endpoints stay whatever their keys; only the catalog's are pruned.
+    kept = catalog.usable(merged, environ)
+    models = dict(kept.get("models", {}))
+    for mid in user_models:
+        if mid in merged.get("models", {}):
+            models[mid] = merged["models"][mid]
+    kept["models"] = models
+    kept["providers"] = merged.get("providers", {})
+    return parse(kept)
 
 
 def load(path: str) -> Config:

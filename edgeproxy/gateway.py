@@ -106,6 +106,8 @@ class Gateway:
     def __init__(self, cfg: Config, seed: int | None = None) -> None:
         self.cfg = cfg
         self.routes = RouteTable(cfg, seed=seed)
+        # The auto router names only models this gateway can serve.
+        self.auto = cfg.auto.restricted(set(self.routes.models))
         self.upstreams = Upstreams(cfg.providers)
         self._keys = {name: p.api_key() for name, p in cfg.providers.items()}
         self.billing = Billing(Ledger(open_driver(cfg.storage.ledger)), cfg.billing,

@@ -13,15 +13,20 @@ import orjson
 from aiohttp import web
 
 from . import routing
+from .autorouter import classify, is_auto
 from .billing.pricing import usd_str
-from .errors import BadRequest, EdgeproxyError, PayloadTooLarge, UpstreamError
+from .billing.service import Caller
+from .errors import BadRequest, EdgeproxyError, NoEndpoint, PayloadTooLarge, UpstreamError
 from .gateway import Gateway, Generation, request_dict
 from .schema import ChatRequest, decode_chat
 from .streaming import stream_chat
+from .transforms import estimate_tokens, middle_out
 
 __all__ = ["GATEWAY", "chat_completions", "healthz", "list_models", "metrics", "readyz"]
 
 GATEWAY: web.AppKey[Gateway] = web.AppKey("gateway", Gateway)
+# Why this endpoint: the routing rule (e.g. "default (1/price² weighted)", "auto:code").
+ROUTE_HEADER = "X-Edgeproxy-Route"
 _JSON = "application/json"
 
 
@@ -59,6 +64,47 @@ def estimate_prompt_tokens(body: bytes) -> int:
     return len(body) // 4
 
 
+def auto_route(gw: Gateway, req: ChatRequest, caller: Caller, prompt_tokens: int) -> str:
+    """`model: "auto"`: pick the models from the request itself (SPEC §7); returns the rule."""
+    rule, models = classify(
+        gw.auto, req.messages, bool(req.tools), prompt_tokens,
+        gw.billing.spend_last_hour(caller.account.id),
+        tool_names=[t.function.name for t in req.tools or ()],
+    )
+    if not models:
+        raise NoEndpoint(f"the auto router's rule {rule!r} names no model this gateway serves")
+    req.model = models[0]
+    req.models = models[1:] + [m for m in req.models or () if m not in models]
+    return rule
+
+
+def fit_context(
+    gw: Gateway, req: ChatRequest, body: bytes, prompt_tokens: int
+) -> tuple[bytes, int, dict[str, Any] | None]:
+    """A prompt over the model's context is a 400 naming both numbers, unless the request asks
+    for `transforms: ["middle-out"]`, which drops the middle of the conversation to fit."""
+    if not req.model:
+        return body, prompt_tokens, None
+    entry, _ = gw.routes.resolve(req.model)
+    max_tokens = req.max_completion_tokens or req.max_tokens or 0
+    context = max(e.context_length for e in entry.endpoints)
+    if prompt_tokens + max_tokens <= context:
+        return body, prompt_tokens, None
+    if not req.transforms or "middle-out" not in req.transforms:
+        raise BadRequest(
+            f"this request needs about {prompt_tokens + max_tokens} tokens (~{prompt_tokens} "
+            f"prompt + {max_tokens} max_tokens) but {entry.id} has a context of {context}; "
+            'shorten it or send transforms: ["middle-out"]',
+            {"context_length": context, "requested_tokens": prompt_tokens + max_tokens},
+        )
+    doc = request_dict(body)
+    doc["messages"] = middle_out(doc["messages"], max(1, context - max_tokens))
+    body = orjson.dumps(doc)
+    trimmed = decode_chat(body)
+    req.messages = trimmed.messages
+    return body, estimate_tokens(doc["messages"]), doc
+
+
 async def chat_completions(request: web.Request) -> web.StreamResponse:
     gw = request.app[GATEWAY]
     caller = await gw.billing.authenticate(request.headers.get("Authorization"))
@@ -66,7 +112,11 @@ async def chat_completions(request: web.Request) -> web.StreamResponse:
     req = decode_chat(body)
     validate_chat(req, gw)
     prompt_tokens = estimate_prompt_tokens(body)
+    rule = auto_route(gw, req, caller, prompt_tokens) if is_auto(req.model) else ""
+    body, prompt_tokens, req_dict = fit_context(gw, req, body, prompt_tokens)
     plan = gw.routes.plan(req, prompt_tokens)
+    if rule:
+        plan.rule = f"auto:{rule}"
     if all(ep.is_free for ep in plan.endpoints):
         gw.billing.check_free(caller)
     max_tokens = req.max_completion_tokens or req.max_tokens or 0
@@ -77,7 +127,8 @@ async def chat_completions(request: web.Request) -> web.StreamResponse:
     gen.reservation = gw.billing.reserve(
         caller, gw.max_cost(caller, plan, prompt_tokens, max_tokens))
     try:
-        req_dict = request_dict(body) if _needs_dict(plan.endpoints) else None
+        if req_dict is None and _needs_dict(plan.endpoints):
+            req_dict = request_dict(body)
         if req.stream:
             return await stream_chat(request, gw, gen, plan, body, req_dict)
         return await complete_chat(gw, gen, plan, body, req_dict)
@@ -139,7 +190,8 @@ async def complete_chat(
         gw.m_overhead.observe(max(0.0, total - waited))
         gw.m_latency.observe(total, (gen.model,))
         gw.m_requests.inc((gen.model, ep.provider, "200"))
-        return web.Response(body=orjson.dumps(out), content_type=_JSON)
+        return web.Response(body=orjson.dumps(out), content_type=_JSON,
+                            headers={ROUTE_HEADER: gen.route})
     exc = gw.final_error(errors, all_degraded)
     if isinstance(exc, EdgeproxyError):
         gw.m_requests.inc((gen.model, errors[-1].provider, str(exc.status)))

@@ -100,6 +100,7 @@ class _Relay:
     async def _write(self, data: bytes) -> None:
         if self.response is None:
             resp = web.StreamResponse(status=200, headers=_SSE_HEADERS)
+            resp.headers["X-Edgeproxy-Route"] = self.gen.route
             resp.enable_chunked_encoding()
             await resp.prepare(self.request)
             self.response = resp

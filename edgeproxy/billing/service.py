@@ -85,6 +85,9 @@ class Billing:
         self._closing = False
         self._tasks: list[asyncio.Task[None]] = []
         self._byok: dict[str, dict[str, str]] = {}
+        # account -> {minute: micro-USD charged}: the last hour's spend for the auto router's
+        # cost-spike protection (SPEC §7).
+        self._spend: dict[str, dict[int, int]] = {}
         self.local: Caller | None = None
         self.written = 0
         self._admin_hash = hashlib.sha256(cfg.admin_key().encode()).hexdigest() \
@@ -225,9 +228,23 @@ class Billing:
                 else byok_fee(would_cost, 1, 0)
         return byok_fee(would_cost, before, self.cfg.byok_free_requests)
 
+    def spend_last_hour(self, account_id: str, now: float | None = None) -> int:
+        minute = int(time.time() if now is None else now) // 60
+        buckets = self._spend.get(account_id)
+        if not buckets:
+            return 0
+        return sum(v for m, v in buckets.items() if m > minute - 60)
+
     def settle(self, r: Reservation, record: GenerationRecord) -> None:
         """Turn a reservation into the real charge and queue the ledger record."""
         self.release(r)
+        if record.cost_micro:
+            minute = int(time.time()) // 60
+            buckets = self._spend.setdefault(r.caller.account.id, {})
+            buckets[minute] = buckets.get(minute, 0) + record.cost_micro
+            if len(buckets) > 61:
+                for m in [m for m in buckets if m <= minute - 60]:
+                    del buckets[m]
         r.caller.account.pending += record.cost_micro
         r.caller.key_pending += record.cost_micro
         self._queue.append(record)

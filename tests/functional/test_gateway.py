@@ -312,7 +312,8 @@ def test_provider_filters_and_404_names_the_requirement(stack: Stack) -> None:
     a, b = stack.sim(), stack.sim()
     gw = stack.gateway(config(
         [("a", a, {"prompt": "1", "quantization": "fp8"}),
-         ("b", b, {"prompt": "2", "quantization": "int4", "supported_parameters": ["max_tokens"]})],
+         ("b", b, {"prompt": "2", "quantization": "int4", "supported_parameters": ["max_tokens"],
+                   "context_length": 500})],
         context_length=1000,
         providers_extra={"a": {"data_collection": "allow"}, "b": {"data_collection": "deny"}},
     ))
@@ -340,8 +341,10 @@ def test_provider_filters_and_404_names_the_requirement(stack: Stack) -> None:
     assert s == 404 and "zdr" in msg
     s, msg = status_of(extra_body={"provider": {"only": ["nobody"]}})
     assert s == 404 and "provider" in msg
-    s, msg = status_of(max_tokens=5000)
-    assert s == 404 and "context length" in msg and "5000" in msg
+    s, msg = status_of(max_tokens=800, extra_body={"provider": {"only": ["b"]}})
+    assert s == 404 and "context length" in msg and "800" in msg
+    s, msg = status_of(max_tokens=5000)  # more than any endpoint of the model has
+    assert s == 400 and "1000" in msg and "5000" in msg and "middle-out" in msg
     tools = [{"type": "function", "function": {"name": "f", "parameters": {"type": "object"}}}]
     s, msg = status_of(tools=tools, extra_body={"provider": {"only": ["b"]}})
     assert s == 404 and "tools" in msg
