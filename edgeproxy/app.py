@@ -72,6 +72,7 @@ def make_app(cfg: Config, gateway: Gateway | None = None) -> web.Application:
     for prefix in ("/v1", "/api/v1"):
         app.router.add_post(prefix + "/chat/completions", handlers.chat_completions)
         app.router.add_get(prefix + "/models", handlers.list_models)
+        app.router.add_get(prefix + "/models/{author}/{slug}/endpoints", handlers.model_endpoints)
         app.router.add_routes(account_api.routes(prefix))
     app.router.add_get("/healthz", handlers.healthz)
     app.router.add_get("/readyz", handlers.readyz)

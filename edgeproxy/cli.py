@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import logging
+import os
 import signal
 import sys
 from collections.abc import Awaitable, Callable
@@ -233,7 +234,7 @@ def cmd_cost(args: argparse.Namespace) -> int:
     from .billing.fees import compare_costs
     from .routing import micro
 
-    cfg = load(args.config) if args.config else Config()
+    cfg = _catalog_config(args.config)
     model = cfg.models.get(args.model)
     if model is None:
         print(f"edgeproxy: unknown model {args.model!r}", file=sys.stderr)
@@ -250,6 +251,46 @@ def cmd_cost(args: argparse.Namespace) -> int:
     for r in rows:
         print(f"| {r.payment:<24} | {_money(r.tokens):>12} | {_money(r.fees):>12} | "
               f"{_money(r.total):>12} | {r.note}")
+    return 0
+
+
+def _catalog_config(path: str | None) -> Config:
+    """The configuration with the built-in catalog, keys set or not: what prices and lists use."""
+    import tomllib
+
+    from . import catalog
+    from .config import parse
+
+    doc: dict[str, Any] = {}
+    if path:
+        try:
+            with open(path, "rb") as fh:
+                doc = tomllib.load(fh)
+        except (OSError, tomllib.TOMLDecodeError) as exc:
+            raise ConfigError("", f"cannot read {path}: {exc}") from None
+    return parse(catalog.merge(catalog.builtin_document(), doc))
+
+
+def cmd_models(args: argparse.Namespace) -> int:
+    """The catalog as a table: every model the configuration (with the built-in catalog) names,
+    whether or not its providers' keys are set here."""
+    cfg = _catalog_config(args.config)
+    print(f"{'model':<40} {'$/1M in':>9} {'$/1M out':>9} {'context':>9}  providers")
+    for mid, m in cfg.models.items():
+        if not m.enabled:
+            continue
+        ins = sorted({e.prompt for e in m.endpoints})
+        outs = sorted({e.completion for e in m.endpoints})
+        span = lambda xs: f"{xs[0]:g}" if len(xs) == 1 else f"{xs[0]:g}-{xs[-1]:g}"  # noqa: E731
+        provs = []
+        for e in m.endpoints:
+            key = cfg.providers[e.provider].api_key_env
+            mark = "" if not key or os.environ.get(key) else "*"
+            q = f" {e.quantization}" if e.quantization != "unknown" else ""
+            provs.append(f"{e.provider}{q}{mark}")
+        print(f"{mid:<40} {span(ins):>9} {span(outs):>9} {m.context_length:>9}  "
+              f"{', '.join(dict.fromkeys(provs))}")
+    print("\n* the provider's API key is not set in this environment: the endpoint is not served")
     return 0
 
 
@@ -296,6 +337,10 @@ def build_parser() -> argparse.ArgumentParser:
     ca.add_argument("--method", choices=("card", "crypto"), default="card")
     ca.add_argument("--config")
     c.set_defaults(func=cmd_credits)
+
+    mo = sub.add_parser("models", help="the model catalog as a table")
+    mo.add_argument("--config")
+    mo.set_defaults(func=cmd_models)
 
     co = sub.add_parser("cost", help="direct vs credits vs BYOK for a workload (SPEC §5.4)")
     co.add_argument("--model", required=True)

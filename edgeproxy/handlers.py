@@ -198,39 +198,90 @@ async def complete_chat(
     raise exc
 
 
+def model_object(entry: routing.ModelEntry) -> dict[str, Any]:
+    """One model in OpenRouter's model-object schema (pricing: USD per token, as strings)."""
+    m = entry.cfg
+    cheapest = min(entry.endpoints, key=lambda e: e.prompt_price + e.completion_price)
+    return {
+        "id": entry.id,
+        "canonical_slug": entry.id,
+        "name": m.name or entry.id,
+        "created": m.created,
+        "description": m.description,
+        "context_length": m.context_length,
+        "architecture": {
+            "modality": "+".join(m.input_modalities) + "->" + "+".join(m.output_modalities),
+            "input_modalities": m.input_modalities,
+            "output_modalities": m.output_modalities,
+            "tokenizer": m.tokenizer,
+        },
+        "pricing": {
+            "prompt": _per_token(cheapest.prompt_price),
+            "completion": _per_token(cheapest.completion_price),
+            "request": _per_token(cheapest.request_price * 1_000_000),
+            "image": _per_token(cheapest.image_price * 1_000_000),
+        },
+        "top_provider": {
+            "context_length": cheapest.context_length,
+            "max_completion_tokens": cheapest.max_output,
+            "is_moderated": False,
+        },
+        "supported_parameters": m.supported_parameters,
+    }
+
+
 async def list_models(request: web.Request) -> web.Response:
     gw = request.app[GATEWAY]
+    q = request.query
+    params = [p for p in q.get("supported_parameters", "").split(",") if p]
+    outputs = [p for p in q.get("output_modalities", "").split(",") if p]
     data = []
-    for mid, entry in gw.routes.models.items():
+    for entry in gw.routes.models.values():
         m = entry.cfg
-        cheapest = min(entry.endpoints, key=lambda e: e.prompt_price + e.completion_price)
-        data.append({
-            "id": mid,
-            "canonical_slug": mid,
-            "name": m.name or mid,
-            "created": m.created,
-            "description": m.description,
-            "context_length": m.context_length,
-            "architecture": {
-                "modality": "+".join(m.input_modalities) + "->" + "+".join(m.output_modalities),
-                "input_modalities": m.input_modalities,
-                "output_modalities": m.output_modalities,
-                "tokenizer": m.tokenizer,
-            },
-            "pricing": {
-                "prompt": _per_token(cheapest.prompt_price),
-                "completion": _per_token(cheapest.completion_price),
-                "request": _per_token(cheapest.request_price * 1_000_000),
-                "image": "0",
-            },
-            "top_provider": {
-                "context_length": cheapest.context_length,
-                "max_completion_tokens": cheapest.max_output,
-                "is_moderated": False,
-            },
-            "supported_parameters": m.supported_parameters,
-        })
+        if params and not all(p in m.supported_parameters for p in params):
+            continue
+        if outputs and "all" not in outputs and not any(o in m.output_modalities for o in outputs):
+            continue
+        data.append(model_object(entry))
     return json_response({"data": data})
+
+
+async def model_endpoints(request: web.Request) -> web.Response:
+    """A model's endpoints with live health from the router's windows (SPEC §1.1)."""
+    gw = request.app[GATEWAY]
+    model_id = f"{request.match_info['author']}/{request.match_info['slug']}"
+    entry = gw.routes.models.get(model_id)
+    if entry is None:
+        raise NoEndpoint(f"unknown model {model_id!r}", {"model": model_id})
+    now = routing.now_ms()
+    router = gw.routes.router
+    endpoints = []
+    for e in entry.endpoints:
+        ok, failed = router.window(e.index, now)
+        endpoints.append({
+            "name": f"{e.provider} | {e.upstream_model}",
+            "provider_name": e.provider,
+            "model_name": entry.cfg.name or entry.id,
+            "context_length": e.context_length,
+            "max_completion_tokens": e.max_output,
+            "quantization": e.quantization,
+            "pricing": {"prompt": _per_token(e.prompt_price),
+                        "completion": _per_token(e.completion_price),
+                        "request": _per_token(e.request_price * 1_000_000),
+                        "image": _per_token(e.image_price * 1_000_000)},
+            "supported_parameters": sorted(e.parameters - {"image_input"}),
+            "status": "degraded" if router.is_degraded(e.index, now) else "ok",
+            # Share of successful attempts in the live window (30 s by default); None: no traffic.
+            "uptime_last_30s": round(ok / (ok + failed), 4) if ok + failed else None,
+            "requests_last_30s": ok + failed,
+            "latency_ms": round(router.latency(e.index), 2),
+            "throughput_tokens_per_s": round(router.throughput(e.index), 2),
+        })
+    return json_response({"data": {
+        "id": entry.id, "name": entry.cfg.name or entry.id, "created": entry.cfg.created,
+        "description": entry.cfg.description,
+        "architecture": model_object(entry)["architecture"], "endpoints": endpoints,
+    }})
 
 
 def _per_token(micro_per_million: int) -> str:

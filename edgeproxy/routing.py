@@ -99,6 +99,7 @@ class Endpoint:
     __slots__ = (
         "completion_price",
         "context_length",
+        "image_price",
         "index",
         "max_output",
         "model_id",
@@ -130,6 +131,7 @@ class Endpoint:
         self.prompt_price = micro(ep.prompt)  # micro-USD per 1M tokens
         self.completion_price = micro(ep.completion)
         self.request_price = micro(ep.request)  # micro-USD per request
+        self.image_price = micro(ep.image)  # micro-USD per input image
         self.quantization = ep.quantization
         self.context_length = ep.context_length or model.context_length
         self.max_output = ep.max_output or model.max_output

@@ -19,7 +19,7 @@ from aiohttp import web
 
 from edgeproxy import simulate
 from edgeproxy.app import make_app
-from edgeproxy.config import parse
+from edgeproxy.config import Config, parse
 from edgeproxy.gateway import Gateway
 
 T = TypeVar("T")
@@ -93,8 +93,9 @@ class Stack:
 
     def gateway(self, cfg: dict[str, Any], seed: int = 1234) -> GatewayHandle:
         cfg.setdefault("storage", {"ledger": f"sqlite:///{self.tmp}/ledger-{len(self._runners)}.db"})
-        config = parse(cfg)
+        return self.gateway_from(parse(cfg), seed)
 
+    def gateway_from(self, config: Config, seed: int = 1234) -> GatewayHandle:
         async def go() -> tuple[Gateway, web.AppRunner]:
             gw = Gateway(config, seed=seed)
             runner = web.AppRunner(
