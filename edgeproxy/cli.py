@@ -45,11 +45,12 @@ async def run_app(
     host: str,
     port: int,
     on_ready: Callable[[int], Awaitable[None] | None] | None = None,
+    reuse_port: bool = False,
 ) -> None:
     """Serve until SIGTERM/SIGINT, then drain in-flight requests and close cleanly."""
     runner = web.AppRunner(app, handler_cancellation=True, access_log=None, shutdown_timeout=30)
     await runner.setup()
-    site = web.TCPSite(runner, host, port, backlog=1024)
+    site = web.TCPSite(runner, host, port, backlog=1024, reuse_port=reuse_port or None)
     await site.start()
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
@@ -84,15 +85,64 @@ def cmd_serve(args: argparse.Namespace) -> int:
     port = args.port if args.port is not None else port
     workers = args.workers or cfg.server.workers
     _check_serve(cfg, workers)
-    if workers > 1:
-        raise ConfigError("server.workers", "several workers arrive with the Redis state store")
+    if workers > 1 and args.worker is None:
+        return supervise(args, workers, host, port)
     _announce_router()
+    name = f"worker {args.worker}" if args.worker is not None else "edgeproxy"
 
     def ready(bound: int) -> None:
-        log.info("edgeproxy %s listening on http://%s:%d", __version__, host, bound)
+        log.info("%s %s listening on http://%s:%d", name, __version__, host, bound)
 
-    _run(run_app(make_app(cfg), host, port, ready))
+    _run(run_app(make_app(cfg), host, port, ready, reuse_port=args.worker is not None))
     return 0
+
+
+def supervise(args: argparse.Namespace, workers: int, host: str, port: int) -> int:
+    """`serve --workers N`: N processes on one port (SO_REUSEPORT; the kernel spreads the
+    connections). A worker that dies is restarted; SIGTERM is passed on and waited for, so each
+    worker drains its streams and flushes its ledger writer (SPEC §8)."""
+    import subprocess
+    import time
+
+    base = [sys.executable, "-m", "edgeproxy", "--log-level", args.log_level, "serve",
+            "--host", host, "--port", str(port)]
+    if args.config:
+        base += ["--config", args.config]
+    stopping = False
+
+    def stop(signum: int, frame: Any) -> None:
+        nonlocal stopping
+        stopping = True
+
+    signal.signal(signal.SIGTERM, stop)
+    signal.signal(signal.SIGINT, stop)
+    procs = {i: subprocess.Popen([*base, "--worker", str(i)]) for i in range(workers)}
+    log.info("edgeproxy %s: %d workers on http://%s:%d", __version__, workers, host, port)
+    restarts: dict[int, float] = {}
+    while not stopping:
+        time.sleep(0.2)
+        for i, p in list(procs.items()):
+            if p.poll() is not None and not stopping:
+                if p.returncode == 2:  # the configuration was refused: restarting cannot help
+                    log.error("worker %d refused the configuration; stopping", i)
+                    stopping = True
+                    break
+                wait = 1.0 if time.monotonic() - restarts.get(i, -1e9) < 5 else 0.0
+                log.warning("worker %d exited with %s; restarting", i, p.returncode)
+                time.sleep(wait)
+                restarts[i] = time.monotonic()
+                procs[i] = subprocess.Popen([*base, "--worker", str(i)])
+    for p in procs.values():
+        if p.poll() is None:
+            p.send_signal(signal.SIGTERM)
+    rc = 0
+    for p in procs.values():
+        try:
+            p.wait(timeout=45)
+        except subprocess.TimeoutExpired:
+            p.kill()
+            rc = 1
+    return rc
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
@@ -305,6 +355,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--host", help="override [server] listen host")
     s.add_argument("--port", type=int, help="override [server] listen port")
     s.add_argument("--workers", type=int, help="worker processes (default from the config)")
+    s.add_argument("--worker", type=int, help=argparse.SUPPRESS)  # set by the supervisor
     s.set_defaults(func=cmd_serve)
 
     d = sub.add_parser("demo", help="the gateway in front of simulated providers, no keys needed")

@@ -4,6 +4,8 @@ and metrics. The HTTP face (`app`, `handlers`, `streaming`) calls into it; it im
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import secrets
 import time
 from typing import Any
@@ -30,6 +32,7 @@ from .metrics import Counter, Gauge, Histogram, Registry
 from .protocols import adapter_for
 from .protocols.base import Adapter, Target, UpstreamCall
 from .routing import Endpoint, Plan, RouteTable
+from .state.redis import RedisState
 from .upstream import Upstreams
 
 __all__ = ["Attempt", "Gateway", "Generation"]
@@ -110,8 +113,11 @@ class Gateway:
         self.auto = cfg.auto.restricted(set(self.routes.models))
         self.upstreams = Upstreams(cfg.providers)
         self._keys = {name: p.api_key() for name, p in cfg.providers.items()}
+        self.shared = (RedisState(cfg.storage.state) if cfg.storage.state.startswith("redis")
+                       else None)
         self.billing = Billing(Ledger(open_driver(cfg.storage.ledger)), cfg.billing,
-                               cfg.server.auth)
+                               cfg.server.auth, self.shared)
+        self._sync: asyncio.Task[None] | None = None
         self.metrics = m = Registry()
         self.m_requests = m.add(Counter(
             "edgeproxy_requests_total", "Requests by model, provider and status",
@@ -148,7 +154,13 @@ class Gateway:
         }
 
     async def close(self) -> None:
+        if self._sync is not None:
+            self._sync.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._sync
         await self.billing.stop()
+        if self.shared is not None:
+            await self.shared.close()
         await self.upstreams.close()
 
     # -- attempts -------------------------------------------------------------------------------
@@ -182,7 +194,26 @@ class Gateway:
         return worst
 
     async def start(self) -> None:
+        if self.shared is not None:
+            await self.shared.start()
+            self.routes.share()
+            self._sync = asyncio.ensure_future(self._sync_health())
         await self.billing.start()
+
+    async def _sync_health(self) -> None:
+        """Share endpoint health with the other nodes every `sync_s` (SPEC §8); retry Redis
+        while it is down. Routing always reads the local router: this never blocks a request."""
+        assert self.shared is not None
+        shared, routes = self.shared, self.routes
+        window_s = self.cfg.routing.window_s
+        keys = [e.key for e in routes.endpoints]
+        while True:
+            await asyncio.sleep(shared.sync_s)
+            if not shared.up and not await shared.ping():
+                continue
+            assert routes.shared is not None
+            await shared.sync_health(routes.shared, routes.shared_cool, routes.apply_remote,
+                                     routes.apply_cooldown, window_s, keys, routes.applied)
 
     def status_error(self, att: Attempt, status: int, data: bytes, headers: Any) -> UpstreamError:
         """A non-2xx upstream answer -> the error to record, retry or relay."""

@@ -118,13 +118,13 @@ async def chat_completions(request: web.Request) -> web.StreamResponse:
     if rule:
         plan.rule = f"auto:{rule}"
     if all(ep.is_free for ep in plan.endpoints):
-        gw.billing.check_free(caller)
+        await gw.billing.check_free(caller)
     max_tokens = req.max_completion_tokens or req.max_tokens or 0
     gen = Generation(plan.endpoints[0].model_id, req.stream, app_name(request), caller)
     gen.route = plan.rule
     gen.prompt_estimate = prompt_tokens
     # Reserve the most this request can cost before any upstream is contacted (402 otherwise).
-    gen.reservation = gw.billing.reserve(
+    gen.reservation = await gw.billing.reserve(
         caller, gw.max_cost(caller, plan, prompt_tokens, max_tokens))
     try:
         if req_dict is None and _needs_dict(plan.endpoints):
@@ -301,13 +301,18 @@ async def readyz(request: web.Request) -> web.Response:
     ]
     usable = len(gw.routes.endpoints) - len(degraded)
     ready = usable > 0
+    doc: dict[str, Any] = {
+        "status": "ready" if ready else "unavailable",
+        "endpoints": len(gw.routes.endpoints),
+        "degraded": degraded,
+        "router": "compiled" if routing.EXTENSION else "python-fallback",
+        "ledger": gw.billing.ledger.db.name,
+    }
+    if gw.shared is not None:
+        # Serving goes on with local state while Redis is away; readiness says so, stays ready.
+        doc["state"] = "redis" if gw.shared.up else f"local (redis unreachable: {gw.shared.last_error})"
     return json_response(
-        {
-            "status": "ready" if ready else "unavailable",
-            "endpoints": len(gw.routes.endpoints),
-            "degraded": degraded,
-            "router": "compiled" if routing.EXTENSION else "python-fallback",
-        },
+        doc,
         status=200 if ready else 503,
     )
 

@@ -101,6 +101,7 @@ class Endpoint:
         "context_length",
         "image_price",
         "index",
+        "key",
         "max_output",
         "model_id",
         "parameters",
@@ -126,6 +127,8 @@ class Endpoint:
         self.position = position
         self.model_id = model_id
         self.provider = ep.provider
+        # Names the endpoint the same on every node with the same configuration (health sync).
+        self.key = f"{model_id}|{ep.provider}|{ep.model}"
         self.provider_cfg = prov
         self.upstream_model = ep.model
         self.prompt_price = micro(ep.prompt)  # micro-USD per 1M tokens
@@ -180,6 +183,9 @@ class RouteTable:
         self.models: dict[str, ModelEntry] = {}
         self.endpoints: list[Endpoint] = []
         self._quant_ids: dict[str, int] = {"unknown": 0}
+        self.shared: dict[tuple[int, str], list[float]] | None = None
+        self.shared_cool: dict[str, int] = {}
+        self.applied: dict[tuple[int, str, str], tuple[int, int]] = {}
         for model_id, mcfg in cfg.models.items():
             if not mcfg.enabled:
                 continue
@@ -197,6 +203,7 @@ class RouteTable:
             entry.end = len(self.endpoints)
             entry.all_mask = (1 << len(entry.endpoints)) - 1
             self.models[model_id] = entry
+        self.by_key = {e.key: e for e in self.endpoints}
         self.router = _impl.Router(
             max(1, len(self.endpoints)),
             seed=seed,
@@ -361,15 +368,62 @@ class RouteTable:
     # -- feedback from attempts ----------------------------------------------------------------
 
     def success(self, ep: Endpoint, ttft_ms: float = 0.0, tokens_per_s: float = 0.0) -> None:
-        self.router.record_success(ep.index, now_ms())
+        now = now_ms()
+        self.router.record_success(ep.index, now)
         if ttft_ms > 0 or tokens_per_s > 0:
             self.router.observe(ep.index, ttft_ms, tokens_per_s)
+        if self.shared is not None:
+            v = self._outcome(ep, now)
+            v[0] += 1
+            if ttft_ms > 0:
+                v[2] += ttft_ms
+                v[3] += 1
+            if tokens_per_s > 0:
+                v[4] += tokens_per_s
+                v[5] += 1
 
     def failure(self, ep: Endpoint, retry_after_s: float = 0.0) -> None:
         now = now_ms()
         self.router.record_failure(ep.index, now)
         if retry_after_s > 0:
             self.router.cool_down(ep.index, now + int(retry_after_s * 1000))
+        if self.shared is not None:
+            self._outcome(ep, now)[1] += 1
+            if retry_after_s > 0:
+                self.shared_cool[ep.key] = now + int(retry_after_s * 1000)
+
+    # -- sharing health with other nodes (state = redis) -----------------------------------------
+
+    def share(self) -> None:
+        """Start collecting this node's outcomes for the Redis health sync."""
+        self.shared = {}
+
+    def _outcome(self, ep: Endpoint, now: int) -> list[float]:
+        assert self.shared is not None
+        k = (now // 1000, ep.key)
+        v = self.shared.get(k)
+        if v is None:
+            v = self.shared[k] = [0, 0, 0.0, 0, 0.0, 0]
+        return v
+
+    def apply_remote(self, key: str, second: int, ok: int, fail: int, ttft: float,
+                     tps: float) -> None:
+        """Replay another node's outcomes (of one endpoint, one second) into the local router."""
+        ep = self.by_key.get(key)
+        if ep is None:
+            return
+        at = min(second * 1000 + 500, now_ms())
+        for _ in range(max(0, ok)):
+            self.router.record_success(ep.index, at)
+        for _ in range(max(0, fail)):
+            self.router.record_failure(ep.index, at)
+        if ttft > 0 or tps > 0:
+            self.router.observe(ep.index, ttft, tps)
+
+    def apply_cooldown(self, key: str, until: int) -> None:
+        ep = self.by_key.get(key)
+        if ep is not None and until > now_ms():
+            self.router.cool_down(ep.index, until)
 
     def is_degraded(self, ep: Endpoint, now: int | None = None) -> bool:
         return bool(self.router.is_degraded(ep.index, now_ms() if now is None else now))

@@ -24,11 +24,27 @@ from dataclasses import dataclass, field
 from ..config import BillingConfig
 from ..errors import Forbidden, PaymentRequired, RateLimited, Unauthorized
 from ..state.memory import MemoryCounters
+from ..state.redis import RedisState
 from .byok import SealError, open_sealed
 from .fees import MICRO, byok_fee
 from .ledger import GenerationRecord, KeyRow, Ledger, hash_key
 
 __all__ = ["AccountState", "Billing", "Caller", "Reservation"]
+
+
+def _no_credits(amount: int, room: int) -> PaymentRequired:
+    return PaymentRequired(
+        f"insufficient credits: this request may cost up to ${amount / MICRO:.6f} and the "
+        f"account has ${max(0, room) / MICRO:.6f} left",
+        {"required_usd": amount / MICRO, "available_usd": max(0, room) / MICRO},
+    )
+
+
+def _over_limit(room: int | None, caller: Caller) -> PaymentRequired:
+    return PaymentRequired(
+        f"this API key's spend limit would be exceeded (${max(0, room or 0) / MICRO:.6f} left)",
+        {"key_limit_usd": (caller.key.limit_micro or 0) / MICRO},
+    )
 
 log = logging.getLogger("edgeproxy.billing")
 
@@ -67,11 +83,15 @@ class Reservation:
     caller: Caller
     amount: int
     done: bool = False
+    shared: bool = False  # also held in Redis
 
 
 class Billing:
-    def __init__(self, ledger: Ledger, cfg: BillingConfig, auth: str) -> None:
+    def __init__(
+        self, ledger: Ledger, cfg: BillingConfig, auth: str, shared: RedisState | None = None
+    ) -> None:
         self.ledger = ledger
+        self.shared = shared
         self.cfg = cfg
         self.auth = auth
         self.counters = MemoryCounters()
@@ -175,44 +195,60 @@ class Billing:
 
     # -- limits and money on the request path ------------------------------------------------------
 
-    def check_free(self, caller: Caller, now: float | None = None) -> None:
+    async def _hit(self, key: str, window_s: int, limit: int, now: float) -> tuple[bool, int]:
+        if self.shared is not None:
+            res = await self.shared.hit(key, window_s, limit, now)
+            if res is not None:
+                return res
+        return self.counters.hit(key, window_s, limit, now)
+
+    async def check_free(self, caller: Caller, now: float | None = None) -> None:
         """SPEC §5.5: 20/min per key; 50/day per account, 1,000/day after $10 bought."""
         now = time.time() if now is None else now
-        ok, retry = self.counters.hit("free:min:" + caller.key.id, 60, self.cfg.free_per_minute,
-                                      now)
+        ok, retry = await self._hit("free:min:" + caller.key.id, 60, self.cfg.free_per_minute,
+                                    now)
         if not ok:
             raise RateLimited(f"free models: {self.cfg.free_per_minute} requests per minute per "
                               "key", retry, {"limit": "per_minute"})
         paid = caller.account.purchased >= int(self.cfg.free_paid_threshold_usd * MICRO)
         daily = self.cfg.free_per_day_paid if paid else self.cfg.free_per_day
-        ok, retry = self.counters.hit("free:day:" + caller.account.id, 86400, daily, now)
+        ok, retry = await self._hit("free:day:" + caller.account.id, 86400, daily, now)
         if not ok:
             raise RateLimited(f"free models: {daily} requests per day per account", retry,
                               {"limit": "per_day"})
 
-    def reserve(self, caller: Caller, amount: int) -> Reservation:
+    async def reserve(self, caller: Caller, amount: int) -> Reservation:
         acct = caller.account
         if not acct.unlimited and amount > acct.room:
-            raise PaymentRequired(
-                "insufficient credits: this request may cost up to "
-                f"${amount / MICRO:.6f} and the account has ${max(0, acct.room) / MICRO:.6f} left",
-                {"required_usd": amount / MICRO, "available_usd": max(0, acct.room) / MICRO},
-            )
+            raise _no_credits(amount, acct.room)
         room = caller.key_room()
         if room is not None and amount > room:
-            raise PaymentRequired(
-                f"this API key's spend limit would be exceeded (${max(0, room) / MICRO:.6f} left)",
-                {"key_limit_usd": (caller.key.limit_micro or 0) / MICRO},
-            )
+            raise _over_limit(room, caller)
+        shared = False
+        if self.shared is not None:
+            # Many nodes: Redis holds every node's reservations; its answer is the one that counts.
+            res = await self.shared.reserve(
+                acct.id, caller.key.id, amount, acct.credits, acct.usage, caller.key.limit_micro,
+                caller.key.usage_micro, acct.unlimited)
+            if res is not None:
+                granted, room, kroom = res
+                if not granted:
+                    raise (_no_credits(amount, room) if amount > room and not acct.unlimited
+                           else _over_limit(kroom, caller))
+                shared = True
         acct.reserved += amount
         caller.key_reserved += amount
-        return Reservation(caller, amount)
+        return Reservation(caller, amount, shared=shared)
 
-    def release(self, r: Reservation) -> None:
+    def release(self, r: Reservation, charged: int = 0) -> None:
+        """Give the reservation back; `charged` of it stays held as pending (settle)."""
         if not r.done:
             r.done = True
             r.caller.account.reserved -= r.amount
             r.caller.key_reserved -= r.amount
+            if r.shared and self.shared is not None:
+                self.shared.background(self.shared.add_held(
+                    r.caller.account.id, r.caller.key.id, charged - r.amount))
 
     def byok_charge(self, caller: Caller, would_cost: int, now: float | None = None) -> int:
         """The fee of a BYOK generation; counts it against the month's allowance."""
@@ -237,7 +273,7 @@ class Billing:
 
     def settle(self, r: Reservation, record: GenerationRecord) -> None:
         """Turn a reservation into the real charge and queue the ledger record."""
-        self.release(r)
+        self.release(r, record.cost_micro)
         if record.cost_micro:
             minute = int(time.time()) // 60
             buckets = self._spend.setdefault(r.caller.account.id, {})
@@ -294,6 +330,8 @@ class Billing:
                 if key_cost is not None:
                     caller.key_pending -= key_cost
                     caller.key.usage_micro += key_cost
+            if self.shared is not None:
+                await self.shared.flushed(by_account, by_key)
             self.written += len(batch)
             return len(batch)
 
@@ -311,6 +349,8 @@ class Billing:
                 st = self._account_state(acct.id)
                 st.credits, st.usage, st.purchased = (acct.credits_micro, acct.usage_micro,
                                                       acct.purchased_micro)
+            if self.shared is not None:
+                await self.shared.set_credits({a: st.credits for a, st in self._accounts.items()})
             rows = {k.hash: k for k in await self.ledger.keys()}
             byok = await self._load_byok()
             for h, caller in list(self._callers.items()):

@@ -111,15 +111,9 @@ class Driver:
         return rows[0] if rows else None
 
     async def migrate(self) -> int:
-        """Apply the migrations not yet applied; returns the schema version."""
-        await self.transaction([("CREATE TABLE IF NOT EXISTS schema_version (version BIGINT)", ())])
-        row = await self.fetchone("SELECT MAX(version) FROM schema_version")
-        have = row[0] if row and row[0] is not None else 0
-        for version, stmts in enumerate(MIGRATIONS[have:], start=have + 1):
-            await self.transaction(
-                [(s, ()) for s in stmts] + [("INSERT INTO schema_version VALUES (?)", (version,))]
-            )
-        return len(MIGRATIONS)
+        """Apply the migrations not yet applied, under a lock (several workers or nodes may
+        start at once); returns the schema version."""
+        raise NotImplementedError
 
 
 class SQLiteDriver(Driver):
@@ -156,6 +150,25 @@ class SQLiteDriver(Driver):
 
         await self._run(shut)
         self._pool.shutdown(wait=True)
+
+    async def migrate(self) -> int:
+        def go() -> int:
+            conn = self._connect()
+            conn.execute("BEGIN IMMEDIATE")  # the database's write lock: one migrator at a time
+            try:
+                conn.execute("CREATE TABLE IF NOT EXISTS schema_version (version BIGINT)")
+                have = conn.execute("SELECT MAX(version) FROM schema_version").fetchone()[0] or 0
+                for version, stmts in enumerate(MIGRATIONS[have:], start=have + 1):
+                    for stmt in stmts:
+                        conn.execute(stmt)
+                    conn.execute("INSERT INTO schema_version VALUES (?)", (version,))
+                conn.execute("COMMIT")
+            except BaseException:
+                conn.execute("ROLLBACK")
+                raise
+            return len(MIGRATIONS)
+
+        return await self._run(go)
 
     async def fetch(self, sql: str, args: Sequence[Any] = ()) -> list[Row]:
         def go() -> list[Row]:
@@ -226,6 +239,18 @@ class PostgresDriver(Driver):
         if self._pool is not None:
             await self._pool.close()
             self._pool = None
+
+    async def migrate(self) -> int:
+        async with self._pool.acquire() as conn, conn.transaction():
+            # DDL is transactional in PostgreSQL; the advisory lock orders concurrent migrators.
+            await conn.execute("SELECT pg_advisory_xact_lock(7263540001)")
+            await conn.execute("CREATE TABLE IF NOT EXISTS schema_version (version BIGINT)")
+            have = await conn.fetchval("SELECT MAX(version) FROM schema_version") or 0
+            for version, stmts in enumerate(MIGRATIONS[have:], start=have + 1):
+                for stmt in stmts:
+                    await conn.execute(stmt)
+                await conn.execute("INSERT INTO schema_version VALUES ($1)", version)
+        return len(MIGRATIONS)
 
     async def fetch(self, sql: str, args: Sequence[Any] = ()) -> list[Row]:
         rows = await self._pool.fetch(self._q(sql), *args)

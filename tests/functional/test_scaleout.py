@@ -1,0 +1,299 @@
+"""Many nodes and workers behave like one gateway (SPEC §8): three real `edgeproxy serve`
+processes share one Redis and one PostgreSQL. Each test starts its own redis-server on a free
+port, so it can be killed mid-run without touching anything else on the machine."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+
+from tests.conftest import REQUIRE_SERVICES, Stack
+from tests.functional.test_cli import free_port
+
+ADMIN = "scaleout-admin"
+PROMPT = [{"role": "user", "content": "hello"}]
+
+
+@pytest.fixture
+def redis_server(tmp_path: Path) -> Iterator[tuple[str, subprocess.Popen]]:
+    exe = shutil.which("redis-server")
+    if exe is None:
+        if REQUIRE_SERVICES:
+            pytest.fail("redis-server is required (EDGEPROXY_REQUIRE_SERVICES=1) but missing")
+        pytest.skip("no redis-server on this machine")
+    port = free_port()
+    proc = subprocess.Popen([exe, "--port", str(port), "--bind", "127.0.0.1", "--save", "",
+                             "--appendonly", "no", "--dir", str(tmp_path)],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    url = f"redis://127.0.0.1:{port}/0"
+    deadline = time.monotonic() + 10
+    import redis
+
+    while time.monotonic() < deadline:
+        try:
+            redis.Redis.from_url(url).ping()
+            break
+        except redis.ConnectionError:
+            time.sleep(0.05)
+    yield url, proc
+    if proc.poll() is None:
+        proc.kill()
+    proc.wait(timeout=10)
+
+
+class Nodes:
+    def __init__(self, procs: list[subprocess.Popen], ports: list[int]) -> None:
+        self.procs = procs
+        self.urls = [f"http://127.0.0.1:{p}/v1" for p in ports]
+
+    def stop(self) -> None:
+        for p in self.procs:
+            if p.poll() is None:
+                p.send_signal(signal.SIGTERM)
+        for p in self.procs:
+            try:
+                p.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                p.kill()
+                p.wait()
+
+
+def start_nodes(tmp_path: Path, toml: str, n: int = 3, extra: list[str] | None = None) -> Nodes:
+    ports = [free_port() for _ in range(n)]
+    path = tmp_path / "nodes.toml"
+    path.write_text(toml)
+    env = dict(os.environ, EDGEPROXY_ADMIN_KEY=ADMIN, SIM_KEY="sk-sim")
+    procs = [subprocess.Popen([sys.executable, "-m", "edgeproxy", "serve", "--config", str(path),
+                               "--port", str(p), *(extra or [])], env=env,
+                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+             for p in ports]
+    nodes = Nodes(procs, ports)
+    deadline = time.monotonic() + 30
+    for url in nodes.urls:
+        while True:
+            try:
+                if httpx.get(url.removesuffix("/v1") + "/healthz").status_code == 200:
+                    break
+            except httpx.TransportError:
+                pass
+            if time.monotonic() > deadline:
+                nodes.stop()
+                raise AssertionError("nodes did not start")
+            time.sleep(0.1)
+    return nodes
+
+
+def toml_for(redis_url: str, ledger: str, endpoints: str, providers: str,
+             extra: str = "") -> str:
+    return f"""
+[server]
+listen = "127.0.0.1:0"
+[storage]
+ledger = "{ledger}"
+state = "{redis_url}"
+[catalog]
+builtin = false
+{providers}
+[models."test/model"]
+context_length = 32000
+endpoints = [{endpoints}]
+{extra}
+"""
+
+
+def provider(name: str, url: str) -> str:
+    return f'[providers.{name}]\nbase_url = "{url}"\napi_key_env = "SIM_KEY"\n'
+
+
+def make_key(node: str, credits: str | None) -> str:
+    body = {"name": "shared"} | ({"credits": credits} if credits else {})
+    r = httpx.post(node + "/keys", json=body, headers={"Authorization": f"Bearer {ADMIN}"})
+    assert r.status_code == 201, r.text
+    return r.json()["key"]
+
+
+def test_free_limit_holds_across_three_nodes(stack: Stack, redis_server, pg_url, tmp_path) -> None:
+    sim = stack.sim(max_reply_tokens=1)
+    nodes = start_nodes(tmp_path, toml_for(
+        redis_server[0], pg_url, '{ provider = "free", model = "m" }',
+        provider("free", sim.base_url)))
+    try:
+        key = make_key(nodes.urls[0], None)
+        auth = {"Authorization": f"Bearer {key}"}
+        codes = [httpx.post(nodes.urls[i % 3] + "/chat/completions", headers=auth,
+                            json={"model": "test/model", "messages": PROMPT}).status_code
+                 for i in range(21)]
+        assert codes[:20] == [200] * 20
+        assert codes[20] == 429
+        r = httpx.post(nodes.urls[1] + "/chat/completions", headers=auth,
+                       json={"model": "test/model", "messages": PROMPT})
+        assert r.status_code == 429 and int(r.headers["Retry-After"]) >= 1
+    finally:
+        nodes.stop()
+    assert sim.count() == 20
+
+
+def test_300_concurrent_requests_over_three_nodes_never_overspend(
+    stack: Stack, redis_server, pg_url, tmp_path
+) -> None:
+    sim = stack.sim(reply=" ".join(["w"] * 100), latency_ms=30)
+    # each request: 100 completion tokens at $100/M = $0.01 (max_tokens 100 reserves the same)
+    nodes = start_nodes(tmp_path, toml_for(
+        redis_server[0], pg_url, '{ provider = "acme", model = "m", completion = 100 }',
+        provider("acme", sim.base_url)))
+    try:
+        key = make_key(nodes.urls[0], "1")  # affords 100
+        auth = {"Authorization": f"Bearer {key}"}
+
+        async def fire() -> list[int]:
+            async with httpx.AsyncClient(timeout=60) as client:
+                async def one(i: int) -> int:
+                    r = await client.post(nodes.urls[i % 3] + "/chat/completions", headers=auth,
+                                          json={"model": "test/model", "messages": PROMPT,
+                                                "max_tokens": 100})
+                    return r.status_code
+                return await asyncio.gather(*(one(i) for i in range(300)))
+
+        codes = asyncio.run(fire())
+        assert set(codes) <= {200, 402}
+        assert codes.count(200) <= 100
+        assert codes.count(200) >= 90  # the bound is not met by refusing everything
+        time.sleep(0.3)
+        usage = httpx.get(nodes.urls[2] + "/credits", headers=auth).json()["data"]["total_usage"]
+        assert usage <= 1.0
+    finally:
+        nodes.stop()
+    assert sim.count() == codes.count(200)
+
+
+def test_a_failure_on_one_node_demotes_the_endpoint_on_all(
+    stack: Stack, redis_server, pg_url, tmp_path
+) -> None:
+    bad = stack.sim(fault="status", fault_status=500)
+    good = stack.sim()
+    nodes = start_nodes(tmp_path, toml_for(
+        redis_server[0], pg_url,
+        '{ provider = "bad", model = "m", prompt = 1 }, { provider = "good", model = "m", prompt = 30 }',
+        provider("bad", bad.base_url) + provider("good", good.base_url)))
+    try:
+        key = make_key(nodes.urls[0], "5")
+        auth = {"Authorization": f"Bearer {key}"}
+        for _ in range(4):  # node 0 alone sees the failures
+            r = httpx.post(nodes.urls[0] + "/chat/completions", headers=auth,
+                           json={"model": "test/model", "messages": PROMPT})
+            assert r.status_code == 200
+        seen_bad = bad.count()
+        time.sleep(1.0)
+        for node in nodes.urls[1:]:
+            eps = httpx.get(node + "/models/test/model/endpoints").json()["data"]["endpoints"]
+            status = {e["provider_name"]: e["status"] for e in eps}
+            assert status == {"bad": "degraded", "good": "ok"}, node
+            for _ in range(5):
+                r = httpx.post(node + "/chat/completions", headers=auth,
+                               json={"model": "test/model", "messages": PROMPT})
+                assert r.json()["provider"] == "good"
+        assert bad.count() == seen_bad  # the other nodes never tried it first
+    finally:
+        nodes.stop()
+
+
+def test_killing_redis_mid_run_loses_no_completed_request(
+    stack: Stack, redis_server, pg_url, tmp_path
+) -> None:
+    url, redis_proc = redis_server
+    sim = stack.sim(latency_ms=5)
+    nodes = start_nodes(tmp_path, toml_for(
+        url, pg_url, '{ provider = "acme", model = "m", prompt = 1, completion = 1 }',
+        provider("acme", sim.base_url)))
+    done: list[str] = []
+    try:
+        key = make_key(nodes.urls[0], "10")
+        auth = {"Authorization": f"Bearer {key}"}
+
+        async def load() -> None:
+            async with httpx.AsyncClient(timeout=30) as client:
+                async def worker(i: int) -> None:
+                    end = time.monotonic() + 2.0
+                    while time.monotonic() < end:
+                        r = await client.post(nodes.urls[i % 3] + "/chat/completions",
+                                              headers=auth,
+                                              json={"model": "test/model", "messages": PROMPT})
+                        if r.status_code == 200:
+                            done.append(r.json()["id"])
+                tasks = [asyncio.ensure_future(worker(i)) for i in range(6)]
+                await asyncio.sleep(0.7)
+                redis_proc.kill()  # Redis dies mid-run; the nodes go on with local state
+                await asyncio.gather(*tasks)
+
+        asyncio.run(load())
+        ready = httpx.get(nodes.urls[0].removesuffix("/v1") + "/readyz").json()
+        assert ready["state"].startswith("local")
+    finally:
+        nodes.stop()
+    import asyncpg
+
+    async def ids() -> set[str]:
+        conn = await asyncpg.connect(pg_url)
+        try:
+            return {r["id"] for r in await conn.fetch("SELECT id FROM generations")}
+        finally:
+            await conn.close()
+
+    stored = asyncio.run(ids())
+    assert len(done) > 20
+    assert set(done) <= stored, f"{len(set(done) - stored)} completed requests not in the ledger"
+
+
+def test_workers_share_a_port_restart_and_refuse_memory_state(
+    stack: Stack, redis_server, tmp_path
+) -> None:
+    sim = stack.sim()
+    port = free_port()
+    mem = tmp_path / "mem.toml"
+    mem.write_text(f'[server]\nlisten = "127.0.0.1:{port}"\nauth = "none"\n[storage]\n'
+                   f'ledger = "sqlite:///{tmp_path}/a.db"\n')
+    p = subprocess.run([sys.executable, "-m", "edgeproxy", "serve", "--config", str(mem),
+                        "--workers", "2"], capture_output=True, text=True, timeout=30)
+    assert p.returncode == 2 and "redis" in p.stderr
+    cfg = tmp_path / "w.toml"
+    cfg.write_text(f"""[server]\nlisten = "127.0.0.1:{port}"\nauth = "none"\n[storage]
+ledger = "sqlite:///{tmp_path}/w.db"\nstate = "{redis_server[0]}"\n[catalog]\nbuiltin = false
+{provider("acme", sim.base_url)}[models."test/model"]\ncontext_length = 1000
+endpoints = [{{ provider = "acme", model = "m" }}]\n""")
+    sup = subprocess.Popen([sys.executable, "-m", "edgeproxy", "serve", "--config", str(cfg),
+                            "--workers", "2"], env=dict(os.environ, SIM_KEY="k"),
+                           stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        base = f"http://127.0.0.1:{port}"
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            try:
+                httpx.get(base + "/healthz")
+                break
+            except httpx.TransportError:
+                time.sleep(0.1)
+        children = subprocess.run(["pgrep", "-P", str(sup.pid)], capture_output=True,
+                                  text=True).stdout.split()
+        assert len(children) == 2
+        os.kill(int(children[0]), signal.SIGKILL)  # a worker dies: it is replaced
+        time.sleep(2.5)
+        again = subprocess.run(["pgrep", "-P", str(sup.pid)], capture_output=True,
+                               text=True).stdout.split()
+        assert len(again) == 2 and children[0] not in again
+        for _ in range(10):
+            r = httpx.post(base + "/v1/chat/completions",
+                           json={"model": "test/model", "messages": PROMPT})
+            assert r.status_code == 200
+    finally:
+        sup.send_signal(signal.SIGTERM)
+        assert sup.wait(timeout=45) == 0
