@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import itertools
 import secrets
 import time
 from typing import Any
@@ -41,6 +42,12 @@ __all__ = ["Attempt", "Gateway", "Generation"]
 _CLIENT_FAULT = {400: 400, 413: 413, 422: 400}
 
 
+# Generation ids: a random prefix per process and a counter, unique across workers and nodes
+# without a syscall per request (ids are not secrets: a generation is shown only to its owner).
+_GEN_PREFIX = secrets.token_hex(6)
+_gen_counter = itertools.count(1)
+
+
 class Generation:
     """What the gateway knows about one request while it runs: the seed of the ledger record."""
 
@@ -69,7 +76,7 @@ class Generation:
 
     def __init__(self, model: str, streamed: bool, app: str | None, caller: Caller) -> None:
         self.created = int(time.time())
-        self.id = f"gen-{self.created}-{secrets.token_urlsafe(15)}"
+        self.id = f"gen-{self.created}-{_GEN_PREFIX}{next(_gen_counter):x}"
         self.model = model
         self.streamed = streamed
         self.app = app

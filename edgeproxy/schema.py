@@ -12,7 +12,7 @@ import msgspec
 
 from .errors import BadRequest
 
-__all__ = ["ChatRequest", "CompletionRequest", "Message", "ProviderPrefs", "decode_chat"]
+__all__ = ["ChatRequest", "Message", "ProviderPrefs", "decode_chat"]
 
 NonNegInt = Annotated[int, msgspec.Meta(ge=0)]
 # Bounds keep every count inside the router's int64 arithmetic; no model comes near them.
@@ -93,19 +93,7 @@ class ChatRequest(msgspec.Struct):
     transforms: list[str] | None = None
 
 
-class CompletionRequest(msgspec.Struct):
-    """Legacy `/v1/completions`: a prompt instead of messages."""
-
-    prompt: str | list[str]
-    model: Annotated[str, msgspec.Meta(min_length=1, max_length=512)] | None = None
-    models: Annotated[list[str], msgspec.Meta(max_length=16)] | None = None
-    provider: ProviderPrefs | None = None
-    stream: bool = False
-    max_tokens: PosInt | None = None
-
-
 _chat_decoder = msgspec.json.Decoder(ChatRequest)
-_completion_decoder = msgspec.json.Decoder(CompletionRequest)
 
 
 def _bad(exc: msgspec.DecodeError) -> BadRequest:
@@ -118,12 +106,5 @@ def _bad(exc: msgspec.DecodeError) -> BadRequest:
 def decode_chat(body: bytes) -> ChatRequest:
     try:
         return _chat_decoder.decode(body)
-    except msgspec.DecodeError as exc:
-        raise _bad(exc) from None
-
-
-def decode_completion(body: bytes) -> CompletionRequest:
-    try:
-        return _completion_decoder.decode(body)
     except msgspec.DecodeError as exc:
         raise _bad(exc) from None

@@ -7,7 +7,6 @@ The gateway never follows a URL a client gave: every request goes to a provider'
 from __future__ import annotations
 
 import asyncio
-from typing import Any
 
 import aiohttp
 
@@ -90,9 +89,6 @@ class Upstreams:
         if self._resolver is not None:
             await self._resolver.close()
             self._resolver = None
-
-    def __contains__(self, name: Any) -> bool:
-        return name in self._providers
 
 
 def _describe(exc: BaseException) -> str:
