@@ -225,8 +225,9 @@ class Billing:
         if room is not None and amount > room:
             raise _over_limit(room, caller)
         shared = False
-        if self.shared is not None:
+        if self.shared is not None and not acct.unlimited:
             # Many nodes: Redis holds every node's reservations; its answer is the one that counts.
+            # (The local account of auth = "none" is never refused: nothing to hold globally.)
             res = await self.shared.reserve(
                 acct.id, caller.key.id, amount, acct.credits, acct.usage, caller.key.limit_micro,
                 caller.key.usage_micro, acct.unlimited)
