@@ -134,7 +134,7 @@ Demo key (an account with $10 of credits): {key}
   client = OpenAI(base_url="{base}/v1", api_key="{key}")
   r = client.chat.completions.create(model="{model}",
                                      messages=[{{"role": "user", "content": "Hello!"}}])
-  print(r.choices[0].message.content, r.provider if hasattr(r, "provider") else "")
+  print(r.choices[0].message.content, r.provider, r.usage.cost)
 
   # credits left: curl {base}/v1/credits -H 'Authorization: Bearer {key}'
 

@@ -26,6 +26,7 @@ from ..errors import (
     UpstreamProtocolError,
     UpstreamStatusError,
 )
+from ._openai_request import data_url, tool_arguments
 from .base import SSEParser, Target, UpstreamCall
 
 __all__ = ["ANTHROPIC_VERSION", "AnthropicAdapter", "AnthropicStreamDecoder"]
@@ -299,21 +300,13 @@ def _blocks(content: Any, text_only: bool = False) -> list[dict[str, Any]]:
     return out
 
 
-def _data_url(url: str) -> tuple[str, str]:
-    """'data:<mime>;base64,<data>' -> (mime, data)."""
-    header, sep, data = url[5:].partition(",")
-    mime, _, params = header.partition(";")
-    if not sep or "base64" not in params.split(";") or not mime or not data:
-        raise BadRequest("data URLs must be of the form data:<media type>;base64,<data>")
-    return mime, data
-
 
 def _image_block(url: Any) -> dict[str, Any]:
     # [vision] an image block has a base64 source (media_type + data) or a url source.
     if not isinstance(url, str):
         raise BadRequest("image_url.url must be a string")
     if url.startswith("data:"):
-        mime, data = _data_url(url)
+        mime, data = data_url(url)
         return {"type": "image", "source": {"type": "base64", "media_type": mime, "data": data}}
     if url.startswith(("https://", "http://")):
         return {"type": "image", "source": {"type": "url", "url": url}}
@@ -322,12 +315,12 @@ def _image_block(url: Any) -> dict[str, Any]:
 
 def _document_block(file: Any) -> dict[str, Any]:
     # [messages] document blocks take a base64 PDF; OpenAI's `file` part carries one as a data URL.
-    data_url = file.get("file_data") if isinstance(file, dict) else None
-    if not isinstance(data_url, str) or not data_url.startswith("data:"):
+    file_url = file.get("file_data") if isinstance(file, dict) else None
+    if not isinstance(file_url, str) or not file_url.startswith("data:"):
         raise BadRequest(
             "file parts need file_data as a base64 data URL (file ids are not supported)"
         )
-    mime, data = _data_url(data_url)
+    mime, data = data_url(file_url)
     if mime != "application/pdf":
         raise BadRequest(f"file parts of type {mime} are not supported by anthropic")
     return {"type": "document", "source": {"type": "base64", "media_type": mime, "data": data}}
@@ -340,22 +333,6 @@ def _safe_id(value: Any) -> str:
     # to tool_use.id and tool_result.tool_use_id, so the pairing survives.
     return _UNSAFE_ID.sub("_", value)
 
-
-def _arguments(raw: Any) -> dict[str, Any]:
-    """OpenAI's function.arguments (a JSON string) -> the tool_use `input` object."""
-    if raw is None or raw == "":
-        return {}
-    if isinstance(raw, dict):
-        return raw
-    if not isinstance(raw, str):
-        raise BadRequest("tool_calls[].function.arguments must be a JSON string")
-    try:
-        value = orjson.loads(raw)
-    except orjson.JSONDecodeError:
-        raise BadRequest("tool_calls[].function.arguments is not valid JSON") from None
-    if not isinstance(value, dict):
-        raise BadRequest("tool_calls[].function.arguments must encode a JSON object")
-    return value
 
 
 def _assistant_blocks(msg: dict[str, Any]) -> list[dict[str, Any]]:
@@ -375,7 +352,7 @@ def _assistant_blocks(msg: dict[str, Any]) -> list[dict[str, Any]]:
                 "type": "tool_use",
                 "id": _safe_id(call.get("id")),
                 "name": fn["name"],
-                "input": _arguments(fn.get("arguments")),
+                "input": tool_arguments(fn.get("arguments")),
             }
         )
     return blocks

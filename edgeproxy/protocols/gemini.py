@@ -31,6 +31,7 @@ from ..errors import (
     UpstreamProtocolError,
     UpstreamStatusError,
 )
+from ._openai_request import data_url, tool_arguments
 from .base import SSEParser, Target, UpstreamCall
 
 __all__ = ["GeminiAdapter", "GeminiStreamDecoder", "clean_schema"]
@@ -225,20 +226,12 @@ def build_generate_body(req: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
-def _data_url(url: str) -> tuple[str, str]:
-    """'data:<mime>;base64,<data>' -> (mime, data)."""
-    header, sep, data = url[5:].partition(",")
-    mime, _, params = header.partition(";")
-    if not sep or "base64" not in params.split(";") or not mime or not data:
-        raise BadRequest("data URLs must be of the form data:<media type>;base64,<data>")
-    return mime, data
-
 
 def _media_part(url: Any, default_mime: str) -> dict[str, Any]:
     if not isinstance(url, str):
         raise BadRequest("image_url.url must be a string")
     if url.startswith("data:"):
-        mime, data = _data_url(url)
+        mime, data = data_url(url)
         return {"inline_data": {"mime_type": mime, "data": data}}  # [content] Blob
     if url.startswith(("https://", "http://")):
         # [content] FileData {file_uri, mime_type}. Gemini fetches the URI itself; public http(s)
@@ -297,22 +290,6 @@ def _parts(content: Any, text_only: bool = False) -> list[dict[str, Any]]:
     return out
 
 
-def _arguments(raw: Any) -> dict[str, Any]:
-    """OpenAI's function.arguments (a JSON string) -> functionCall.args (a Struct: an object)."""
-    if raw is None or raw == "":
-        return {}
-    if isinstance(raw, dict):
-        return raw
-    if not isinstance(raw, str):
-        raise BadRequest("tool_calls[].function.arguments must be a JSON string")
-    try:
-        value = orjson.loads(raw)
-    except orjson.JSONDecodeError:
-        raise BadRequest("tool_calls[].function.arguments is not valid JSON") from None
-    if not isinstance(value, dict):
-        raise BadRequest("tool_calls[].function.arguments must encode a JSON object")
-    return value
-
 
 def _model_parts(msg: dict[str, Any], call_names: dict[str, str]) -> list[dict[str, Any]]:
     parts = _parts(msg.get("content"), text_only=True)
@@ -328,7 +305,7 @@ def _model_parts(msg: dict[str, Any], call_names: dict[str, str]) -> list[dict[s
         if isinstance(call.get("id"), str):
             call_names[call["id"]] = fn["name"]
         part: dict[str, Any] = {
-            "functionCall": {"name": fn["name"], "args": _arguments(fn.get("arguments"))}
+            "functionCall": {"name": fn["name"], "args": tool_arguments(fn.get("arguments"))}
         }
         # [signatures] the signature sits on the first functionCall part of each model step (the
         # later calls of a parallel batch carry none); a real one is always passed back.
