@@ -14,13 +14,12 @@ from __future__ import annotations
 import argparse
 import platform
 import random
-import statistics
 import sys
-import time
 from pathlib import Path
-from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from _timing import cpu_name, per_call_ns  # bench/ is on sys.path when run as a script
 
 from edgeproxy.autorouter import AutoPolicy, classify
 from edgeproxy.schema import Message
@@ -69,36 +68,6 @@ def cases(size: int) -> list[tuple[str, list[Message]]]:
     return out
 
 
-def cpu_name() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown CPU"
-
-
-def per_call_us(fn: Any, args: tuple[Any, ...], run_ms: float, repeats: int) -> float:
-    iters = 1
-    while True:  # calibrate: iterations for a run of about run_ms
-        t0 = time.perf_counter_ns()
-        for _ in range(iters):
-            fn(*args)
-        elapsed = time.perf_counter_ns() - t0
-        if elapsed >= run_ms * 1e6 / 4:
-            break
-        iters *= 2
-    iters = max(1, int(iters * run_ms * 1e6 / elapsed))
-    runs = []
-    for _ in range(repeats):
-        t0 = time.perf_counter_ns()
-        for _ in range(iters):
-            fn(*args)
-        runs.append((time.perf_counter_ns() - t0) / iters / 1000)
-    return statistics.median(runs)
-
-
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     ap.add_argument("--repeats", type=int, default=7)
@@ -115,7 +84,7 @@ def main() -> int:
             tokens = sum(len(str(m.content)) for m in msgs) // 4
             args = (policy, msgs, False, tokens, None)
             rule, _ = classify(*args)
-            us = per_call_us(classify, args, opts.run_ms, opts.repeats)
+            us = per_call_ns(classify, args, opts.run_ms, opts.repeats) / 1000
             met = us <= target
             ok &= met
             name = f"{size // 1024} KB {label}"
