@@ -14,7 +14,7 @@ from typing import Any
 from aiohttp import web
 
 from . import __version__
-from .config import Config, load
+from .config import Config, is_loopback, load, loads
 from .errors import ConfigError, EdgeproxyError
 
 __all__ = ["main"]
@@ -22,7 +22,13 @@ __all__ = ["main"]
 log = logging.getLogger("edgeproxy")
 
 
-def _check_serve(cfg: Config, workers: int) -> None:
+def _check_serve(cfg: Config, workers: int, host: str) -> None:
+    if cfg.server.auth == "none" and not is_loopback(host):
+        # --host must not get round the check the configuration file passed (SPEC §1.1).
+        raise ConfigError(
+            "server.auth",
+            f'"none" is only allowed when the gateway listens on loopback, not on {host}',
+        )
     if workers > 1 and cfg.storage.state.startswith("memory"):
         raise ConfigError(
             "storage.state",
@@ -79,12 +85,13 @@ def _run(coro: Awaitable[None]) -> None:
 def cmd_serve(args: argparse.Namespace) -> int:
     from .app import make_app
 
-    cfg = load(args.config) if args.config else Config()
+    # No file: the defaults and the built-in catalog (served for the providers whose keys are set).
+    cfg = load(args.config) if args.config else loads("")
     host, port = cfg.server.host, cfg.server.port
     host = args.host or host
     port = args.port if args.port is not None else port
     workers = args.workers or cfg.server.workers
-    _check_serve(cfg, workers)
+    _check_serve(cfg, workers, host)
     if workers > 1 and args.worker is None:
         return supervise(args, workers, host, port)
     _announce_router()

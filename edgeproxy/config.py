@@ -208,7 +208,7 @@ def _path(raw: str) -> str:
     return raw.lstrip(".").replace('["', ".").replace('"]', "")
 
 
-def _is_loopback(host: str) -> bool:
+def is_loopback(host: str) -> bool:
     if host == "localhost":
         return True
     try:
@@ -259,7 +259,7 @@ def _check(cfg: Config) -> None:
         host, _ = _split_listen(cfg.server.listen)
     except ValueError as exc:
         raise ConfigError("server.listen", str(exc)) from None
-    if cfg.server.auth == "none" and not _is_loopback(host):
+    if cfg.server.auth == "none" and not is_loopback(host):
         raise ConfigError(
             "server.auth",
             '"none" is only allowed when the gateway listens on loopback (127.0.0.1, ::1)',

@@ -60,6 +60,14 @@ def test_bad_config_is_refused_with_the_key_path(tmp_path, toml: str, expected: 
     assert "Traceback" not in p.stderr
 
 
+def test_host_override_cannot_open_auth_none_beyond_loopback(tmp_path) -> None:
+    path = tmp_path / "sidecar.toml"
+    path.write_text('[server]\nlisten = "127.0.0.1:0"\nauth = "none"\n')
+    p = subprocess.run([*EXE, "serve", "--config", str(path), "--host", "0.0.0.0"],
+                       capture_output=True, text=True, timeout=30)
+    assert p.returncode == 2 and "server.auth" in p.stderr and "0.0.0.0" in p.stderr
+
+
 def test_demo_serves_the_sdk_and_stops_on_sigterm() -> None:
     port = free_port()
     env = dict(os.environ, PYTHONUNBUFFERED="1")
