@@ -19,6 +19,7 @@ import argparse
 import asyncio
 import os
 import sys
+from typing import cast
 
 NGINX_CONF = """\
 worker_processes 1;
@@ -98,7 +99,7 @@ class _Upstream(asyncio.Protocol):
         self.client: asyncio.Transport | None = None
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        self.transport = transport
+        self.transport = cast(asyncio.Transport, transport)
 
     def pause_reading(self) -> None:  # the payload buffer is never read, so never pause
         pass
@@ -110,7 +111,8 @@ class _Upstream(asyncio.Protocol):
         from aiohttp.http import HttpResponseParser
 
         self.client = client
-        self.parser = HttpResponseParser(self, asyncio.get_running_loop(), 2**16)
+        # the parser wants an aiohttp BaseProtocol only for pause/resume_reading, defined above
+        self.parser = HttpResponseParser(self, asyncio.get_running_loop(), 2**16)  # type: ignore[arg-type]
         self.transport.write(request)
 
     def data_received(self, data: bytes) -> None:
@@ -131,7 +133,7 @@ class _Client(asyncio.Protocol):
         self.connecting: set[asyncio.Task[None]] = set()
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        self.transport = transport
+        self.transport = cast(asyncio.Transport, transport)
 
     def data_received(self, data: bytes) -> None:
         self.buf += data
