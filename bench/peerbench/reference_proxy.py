@@ -101,6 +101,12 @@ class _Upstream(asyncio.Protocol):
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = cast(asyncio.Transport, transport)
 
+    def connection_lost(self, exc: Exception | None) -> None:
+        if self in self.pool:  # the upstream closed an idle connection
+            self.pool.remove(self)
+        if self.client is not None:  # ... or one in use: the client's request fails with it
+            self.client.close()
+
     def pause_reading(self) -> None:  # the payload buffer is never read, so never pause
         pass
 
@@ -118,11 +124,12 @@ class _Upstream(asyncio.Protocol):
     def data_received(self, data: bytes) -> None:
         assert self.client is not None
         self.client.write(data)
-        for _msg, payload in self.parser.feed_data(data)[0]:
-            self.payload = payload
+        for msg, payload in self.parser.feed_data(data)[0]:
+            self.keep, self.payload = not msg.should_close, payload
         if self.payload.is_eof():
             self.client = None
-            self.pool.append(self)
+            if self.keep:
+                self.pool.append(self)
 
 
 class _Client(asyncio.Protocol):
