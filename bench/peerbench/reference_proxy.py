@@ -10,7 +10,7 @@
   --kind nginx     nginx (one worker, keep-alive upstream, no buffering): a C proxy on the same
                    rig, to tell the cost of being a proxy at all from the cost of Python.
 
-Both run in the foreground as one process tree, as peerbench expects (see targets.toml).
+All three run in the foreground as one process tree, as peerbench expects (see targets.toml).
 """
 
 from __future__ import annotations
