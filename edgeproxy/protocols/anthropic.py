@@ -27,7 +27,7 @@ from ..errors import (
     UpstreamStatusError,
 )
 from ._openai_request import data_url, tool_arguments
-from .base import SSEParser, Target, UpstreamCall
+from .base import SSEParser, Target, UpstreamCall, json_object
 
 __all__ = ["ANTHROPIC_VERSION", "AnthropicAdapter", "AnthropicStreamDecoder"]
 
@@ -114,7 +114,7 @@ class AnthropicAdapter:
 
     def parse_response(self, status: int, data: bytes) -> dict[str, Any]:
         """A Message object -> {"choices": [...], "usage": {...}}."""
-        return parse_message(_load_object(data))
+        return parse_message(json_object(data, "anthropic: response body"))
 
     def parse_error(self, status: int, data: bytes) -> tuple[str, Any]:
         """[errors] {"type": "error", "error": {"type", "message"}} -> ("anthropic: type: message",
@@ -451,16 +451,6 @@ def _response_format(
 # --------------------------------------------------------------------------- response: Message -> OpenAI
 
 
-def _load_object(data: bytes) -> dict[str, Any]:
-    try:
-        obj = orjson.loads(data)
-    except orjson.JSONDecodeError:
-        raise UpstreamProtocolError("anthropic: response body is not JSON") from None
-    if not isinstance(obj, dict):
-        raise UpstreamProtocolError("anthropic: response body is not a JSON object")
-    return obj
-
-
 def _str(obj: dict[str, Any], key: str) -> str:
     value = obj.get(key)
     if not isinstance(value, str):
@@ -627,12 +617,7 @@ class AnthropicStreamDecoder:
         return out
 
     def _event(self, event: str, payload: bytes, out: list[dict[str, Any]]) -> None:
-        try:
-            obj = orjson.loads(payload)
-        except orjson.JSONDecodeError:
-            raise UpstreamProtocolError(f"anthropic: malformed JSON in {event!r} event") from None
-        if not isinstance(obj, dict):
-            raise UpstreamProtocolError(f"anthropic: {event!r} event is not a JSON object")
+        obj = json_object(payload, f"anthropic: {event!r} event")
         kind = obj.get("type", event)
         handler = _HANDLERS.get(kind) if isinstance(kind, str) else None
         if handler is None or self._stopped:

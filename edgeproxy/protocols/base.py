@@ -15,7 +15,11 @@ from __future__ import annotations
 
 from typing import Any, NamedTuple, Protocol
 
-__all__ = ["Adapter", "SSEParser", "StreamDecoder", "Target", "UpstreamCall"]
+import orjson
+
+from ..errors import UpstreamProtocolError
+
+__all__ = ["Adapter", "SSEParser", "StreamDecoder", "Target", "UpstreamCall", "json_object"]
 
 
 class Target(NamedTuple):
@@ -73,6 +77,17 @@ class Adapter(Protocol):
         ...
 
     def stream_decoder(self) -> StreamDecoder: ...
+
+
+def json_object(data: bytes, where: str) -> dict[str, Any]:
+    """An upstream's JSON object, or UpstreamProtocolError naming `where` it came from."""
+    try:
+        obj = orjson.loads(data)
+    except orjson.JSONDecodeError:
+        raise UpstreamProtocolError(f"{where} is not valid JSON") from None
+    if not isinstance(obj, dict):
+        raise UpstreamProtocolError(f"{where} is not a JSON object")
+    return obj
 
 
 class SSEParser:

@@ -32,7 +32,7 @@ from ..errors import (
     UpstreamStatusError,
 )
 from ._openai_request import data_url, tool_arguments
-from .base import SSEParser, Target, UpstreamCall
+from .base import SSEParser, Target, UpstreamCall, json_object
 
 __all__ = ["GeminiAdapter", "GeminiStreamDecoder", "clean_schema"]
 
@@ -139,13 +139,7 @@ class GeminiAdapter:
 
     def parse_response(self, status: int, data: bytes) -> dict[str, Any]:
         """A GenerateContentResponse -> {"choices": [...], "usage": {...}}."""
-        try:
-            obj = orjson.loads(data)
-        except orjson.JSONDecodeError:
-            raise UpstreamProtocolError("gemini: response body is not JSON") from None
-        if not isinstance(obj, dict):
-            raise UpstreamProtocolError("gemini: response body is not a JSON object")
-        return parse_generate_response(obj)
+        return parse_generate_response(json_object(data, "gemini: response body"))
 
     def parse_error(self, status: int, data: bytes) -> tuple[str, Any]:
         """[errors] {"error": {"code", "message", "status"}} -> ("gemini: STATUS: message", the
@@ -750,13 +744,7 @@ class GeminiStreamDecoder:
         out: list[dict[str, Any]] = []
         try:
             for _event, payload in self._sse.feed(data):
-                try:
-                    obj = orjson.loads(payload)
-                except orjson.JSONDecodeError:
-                    raise UpstreamProtocolError("gemini: malformed JSON in stream event") from None
-                if not isinstance(obj, dict):
-                    raise UpstreamProtocolError("gemini: stream event is not a JSON object")
-                self._event(obj, out)
+                self._event(json_object(payload, "gemini: stream event"), out)
         except UpstreamError as exc:
             if not out:
                 raise
