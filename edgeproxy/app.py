@@ -5,7 +5,7 @@ gateway's lifetime (upstream sessions closed on cleanup).
 from __future__ import annotations
 
 import logging
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator
 
 from aiohttp import web
 
@@ -13,14 +13,12 @@ from . import account_api, handlers
 from .config import Config
 from .errors import EdgeproxyError, error_body
 from .gateway import Gateway
+from .ingress import openai_chat
 
 __all__ = ["make_app"]
 
 log = logging.getLogger("edgeproxy")
 _JSON = "application/json"
-
-Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
-
 
 def _error(status: int, message: str, headers: dict[str, str] | None = None) -> web.Response:
     return web.Response(
@@ -32,7 +30,7 @@ def _error(status: int, message: str, headers: dict[str, str] | None = None) -> 
 
 
 @web.middleware
-async def error_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+async def error_middleware(request: web.Request, handler: handlers.Handler) -> web.StreamResponse:
     try:
         return await handler(request)
     except EdgeproxyError as exc:
@@ -70,7 +68,7 @@ def make_app(cfg: Config, gateway: Gateway | None = None) -> web.Application:
     app[handlers.GATEWAY] = gw
     app.cleanup_ctx.append(_lifetime)
     for prefix in ("/v1", "/api/v1"):
-        app.router.add_post(prefix + "/chat/completions", handlers.chat_completions)
+        app.router.add_post(prefix + "/chat/completions", handlers.dialect(openai_chat.CODEC))
         app.router.add_get(prefix + "/models", handlers.list_models)
         app.router.add_get(prefix + "/models/{author}/{slug}/endpoints", handlers.model_endpoints)
         app.router.add_routes(account_api.routes(prefix))

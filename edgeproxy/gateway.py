@@ -9,9 +9,8 @@ import contextlib
 import itertools
 import secrets
 import time
-from typing import Any
-
-import orjson
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any, cast
 
 from . import routing
 from .billing.fees import byok_fee
@@ -31,10 +30,13 @@ from .errors import (
 )
 from .metrics import Counter, Gauge, Histogram, Registry
 from .protocols import adapter_for
-from .protocols.base import Adapter, Target, UpstreamCall
+from .protocols.base import Adapter, Embedder, Forwarder, Target, UpstreamCall
 from .routing import Endpoint, Plan, RouteTable
 from .state.redis import RedisState
 from .upstream import Upstreams
+
+if TYPE_CHECKING:
+    from .ingress.base import Decoded
 
 __all__ = ["Attempt", "Gateway", "Generation"]
 
@@ -66,6 +68,7 @@ class Generation:
         "model",
         "native_finish_reason",
         "prompt_estimate",
+        "provider",
         "reservation",
         "route",
         "started",
@@ -82,6 +85,7 @@ class Generation:
         self.app = app
         self.started = time.perf_counter()
         self.endpoint: Endpoint | None = None
+        self.provider = ""  # of the attempt being made, then of the one that served
         self.usage: dict[str, Any] | None = None
         self.finish_reason: str | None = None
         self.native_finish_reason: str | None = None
@@ -100,14 +104,16 @@ class Generation:
 class Attempt:
     """One try at one endpoint: its adapter, the prepared upstream call."""
 
-    __slots__ = ("adapter", "call", "endpoint", "is_byok", "started")
+    __slots__ = ("adapter", "call", "endpoint", "is_byok", "parse", "started")
 
     def __init__(
-        self, endpoint: Endpoint, adapter: Adapter, call: UpstreamCall, is_byok: bool
+        self, endpoint: Endpoint, adapter: Adapter, call: UpstreamCall,
+        parse: Callable[[int, bytes], dict[str, Any]], is_byok: bool,
     ) -> None:
         self.endpoint = endpoint
         self.adapter = adapter
         self.call = call
+        self.parse = parse  # a whole 2xx body -> the canonical result
         self.is_byok = is_byok
         self.started = time.perf_counter()
 
@@ -172,27 +178,39 @@ class Gateway:
 
     # -- attempts -------------------------------------------------------------------------------
 
-    def prepare(
-        self, gen: Generation, ep: Endpoint, body: bytes, req_dict: dict[str, Any] | None,
-        stream: bool,
-    ) -> Attempt:
+    def prepare(self, gen: Generation, ep: Endpoint, req: Decoded, stream: bool) -> Attempt:
+        """The upstream call of one attempt: the client's bytes where the endpoint speaks the
+        client's own format (only the model rewritten), else the adapter's translation."""
         adapter = adapter_for(ep.provider_cfg.protocol)
-        if adapter.needs_dict and req_dict is None:
-            raise RuntimeError("adapter needs the decoded request")
         # BYOK: the account's own key for this provider, when it registered one (SPEC §5.4).
         own = gen.caller.byok.get(ep.provider) if gen.caller.byok else None
         target = Target(
             ep.provider_cfg.base_url.rstrip("/"), own or self._keys[ep.provider],
             ep.upstream_model, ep.max_output,
         )
-        return Attempt(ep, adapter, adapter.build_request(req_dict, body, target, stream),
-                       own is not None)
+        if req.kind == "embeddings":
+            # The plan holds only endpoints whose protocol serves embeddings (handlers).
+            emb = cast(Embedder, adapter)
+            call = emb.build_embeddings(req.body, target)
+            parse = emb.parse_embeddings
+        else:
+            if req.native == adapter.name:
+                call = cast(Forwarder, adapter).forward(req.body, target, stream)
+            elif adapter.needs_dict:
+                call = adapter.build_request(req.as_dict(), b"", target, stream)
+            else:
+                call = adapter.build_request(None, req.openai_body(), target, stream)
+            parse = adapter.parse_response
+        gen.provider = ep.provider
+        return Attempt(ep, adapter, call, parse, own is not None)
 
-    def max_cost(self, caller: Caller, plan: Plan, prompt_tokens: int, max_tokens: int) -> int:
-        """The most this request can cost on any endpoint of its plan (micro-USD), SPEC §5.3."""
+    def max_cost(self, caller: Caller, plan: Plan, prompt_tokens: int, max_tokens: int,
+                 output: bool = True) -> int:
+        """The most this request can cost on any endpoint of its plan (micro-USD), SPEC §5.3.
+        Without `output` (embeddings) only the input is billed."""
         worst = 0
         for ep in plan.endpoints:
-            out = min(max_tokens, ep.max_output) if max_tokens else ep.max_output
+            out = (min(max_tokens, ep.max_output) if max_tokens else ep.max_output) if output else 0
             cost = micro_ceil(charge_pico(prompt_tokens, out, ep.prompt_price,
                                           ep.completion_price, ep.request_price))
             if caller.byok and ep.provider in caller.byok:
@@ -353,10 +371,3 @@ def _retry_after(value: str | None) -> float:
     except ValueError:
         return 1.0
 
-
-def request_dict(body: bytes) -> dict[str, Any]:
-    try:
-        d = orjson.loads(body)
-    except orjson.JSONDecodeError as exc:  # already validated by msgspec; kept for safety
-        raise BadRequest(f"malformed JSON body: {exc}") from None
-    return d

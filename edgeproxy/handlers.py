@@ -6,28 +6,34 @@ middleware turns into the JSON error body. Streaming responses live in `streamin
 
 from __future__ import annotations
 
-import time
+from collections.abc import Awaitable, Callable
 from typing import Any
 
+import msgspec
 import orjson
 from aiohttp import web
 
-from . import routing
+from . import pipeline, routing
 from .autorouter import classify, is_auto
+from .billing.charge import charge
 from .billing.pricing import usd_str
 from .billing.service import Caller
-from .errors import BadRequest, EdgeproxyError, NoEndpoint, PayloadTooLarge, UpstreamError
-from .gateway import Gateway, Generation, request_dict
-from .schema import ChatRequest, decode_chat
-from .streaming import stream_chat
-from .transforms import estimate_tokens, middle_out
+from .errors import BadRequest, EdgeproxyError, NoEndpoint, PayloadTooLarge
+from .gateway import Gateway, Generation
+from .ingress.base import Codec, Decoded
+from .schema import ChatRequest, convert_chat
+from .streaming import SSEResponse
+from .transforms import CHARS_PER_TOKEN, estimate_tokens, middle_out
 
-__all__ = ["GATEWAY", "chat_completions", "healthz", "list_models", "metrics", "readyz"]
+__all__ = ["GATEWAY", "Handler", "dialect", "healthz", "list_models", "metrics", "readyz", "serve"]
 
 GATEWAY: web.AppKey[Gateway] = web.AppKey("gateway", Gateway)
 # Why this endpoint: the routing rule (e.g. "default (1/price² weighted)", "auto:code").
 ROUTE_HEADER = "X-Edgeproxy-Route"
 _JSON = "application/json"
+_encode = msgspec.json.Encoder().encode
+
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 
 def json_response(doc: Any, status: int = 200) -> web.Response:
@@ -44,7 +50,7 @@ async def read_body(request: web.Request, gw: Gateway) -> bytes:
         raise PayloadTooLarge(f"request body is larger than {limit} bytes") from None
 
 
-def validate_chat(req: ChatRequest, gw: Gateway) -> None:
+def validate(req: ChatRequest, gw: Gateway) -> None:
     if len(req.messages) > gw.cfg.server.max_messages:
         raise BadRequest(
             f"too many messages: {len(req.messages)} (at most {gw.cfg.server.max_messages})"
@@ -58,10 +64,25 @@ def app_name(request: web.Request) -> str | None:
     return h.get("X-Title") or h.get("X-OpenRouter-Title") or h.get("HTTP-Referer")
 
 
-def estimate_prompt_tokens(body: bytes) -> int:
-    # About 4 bytes of JSON a token: good enough to filter on context length and reserve credits
-    # before the upstream says the real count.
-    return len(body) // 4
+def authorization(request: web.Request) -> str | None:
+    """The caller's key: `Authorization: Bearer …`, or Anthropic's `x-api-key` header."""
+    h = request.headers
+    auth = h.get("Authorization")
+    if auth is None:
+        key = h.get("x-api-key")
+        if key:
+            auth = "Bearer " + key
+    return auth
+
+
+def estimate_prompt_tokens(req: ChatRequest) -> int:
+    """The prompt's size from its content (text at ~4 characters a token, a fixed count per image
+    or file), before the upstream says the real count: to filter on context length and reserve
+    credits. Tool definitions are part of the prompt too."""
+    tokens = estimate_tokens(req.messages)
+    if req.tools:
+        tokens += -(-len(_encode(req.tools)) // CHARS_PER_TOKEN)
+    return tokens
 
 
 def auto_route(gw: Gateway, req: ChatRequest, caller: Caller, prompt_tokens: int) -> str:
@@ -78,18 +99,17 @@ def auto_route(gw: Gateway, req: ChatRequest, caller: Caller, prompt_tokens: int
     return rule
 
 
-def fit_context(
-    gw: Gateway, req: ChatRequest, body: bytes, prompt_tokens: int
-) -> tuple[bytes, int, dict[str, Any] | None]:
+def fit_context(gw: Gateway, decoded: Decoded, prompt_tokens: int) -> int:
     """A prompt over the model's context is a 400 naming both numbers, unless the request asks
     for `transforms: ["middle-out"]`, which drops the middle of the conversation to fit."""
+    req = decoded.route
     if not req.model:
-        return body, prompt_tokens, None
+        return prompt_tokens
     entry, _ = gw.routes.resolve(req.model)
     max_tokens = req.max_completion_tokens or req.max_tokens or 0
     context = max(e.context_length for e in entry.endpoints)
     if prompt_tokens + max_tokens <= context:
-        return body, prompt_tokens, None
+        return prompt_tokens
     if not req.transforms or "middle-out" not in req.transforms:
         raise BadRequest(
             f"this request needs about {prompt_tokens + max_tokens} tokens (~{prompt_tokens} "
@@ -97,24 +117,37 @@ def fit_context(
             'shorten it or send transforms: ["middle-out"]',
             {"context_length": context, "requested_tokens": prompt_tokens + max_tokens},
         )
-    doc = request_dict(body)
+    doc = decoded.as_dict()
     doc["messages"] = middle_out(doc["messages"], max(1, context - max_tokens))
-    body = orjson.dumps(doc)
-    trimmed = decode_chat(body)
-    req.messages = trimmed.messages
-    return body, estimate_tokens(doc["messages"]), doc
+    trimmed = convert_chat(doc)
+    # The routing decisions already taken (auto router) stay with the trimmed request.
+    trimmed.model, trimmed.models = req.model, req.models
+    decoded.replace(doc, trimmed)
+    return estimate_prompt_tokens(trimmed)
 
 
-async def chat_completions(request: web.Request) -> web.StreamResponse:
+def embedding_endpoints(plan: routing.Plan) -> None:
+    """Embeddings are served by openai-protocol endpoints only (SPEC §1.1)."""
+    plan.endpoints = [e for e in plan.endpoints if e.provider_cfg.protocol == "openai"]
+    if not plan.endpoints:
+        raise NoEndpoint("no endpoint of this model serves embeddings (openai protocol only)")
+
+
+async def serve(request: web.Request, codec: Codec) -> web.StreamResponse:
+    """One request of any dialect: decode → authorise → route → reserve → pipeline → encode."""
     gw = request.app[GATEWAY]
-    caller = await gw.billing.authenticate(request.headers.get("Authorization"))
+    caller = await gw.billing.authenticate(authorization(request))
     body = await read_body(request, gw)
-    req = decode_chat(body)
-    validate_chat(req, gw)
-    prompt_tokens = estimate_prompt_tokens(body)
+    decoded = codec.decode(body, request.headers)
+    req = decoded.route
+    validate(req, gw)
+    prompt_tokens = estimate_prompt_tokens(req)
     rule = auto_route(gw, req, caller, prompt_tokens) if is_auto(req.model) else ""
-    body, prompt_tokens, req_dict = fit_context(gw, req, body, prompt_tokens)
+    prompt_tokens = fit_context(gw, decoded, prompt_tokens)
+    req = decoded.route
     plan = gw.routes.plan(req, prompt_tokens)
+    if decoded.kind == "embeddings":
+        embedding_endpoints(plan)
     if rule:
         plan.rule = f"auto:{rule}"
     if all(ep.is_free for ep in plan.endpoints):
@@ -124,78 +157,32 @@ async def chat_completions(request: web.Request) -> web.StreamResponse:
     gen.route = plan.rule
     gen.prompt_estimate = prompt_tokens
     # Reserve the most this request can cost before any upstream is contacted (402 otherwise).
-    gen.reservation = await gw.billing.reserve(
-        caller, gw.max_cost(caller, plan, prompt_tokens, max_tokens))
-    try:
-        if req_dict is None and _needs_dict(plan.endpoints):
-            req_dict = request_dict(body)
-        if req.stream:
-            return await stream_chat(request, gw, gen, plan, body, req_dict)
-        return await complete_chat(gw, gen, plan, body, req_dict)
-    finally:
-        gw.billing.release(gen.reservation)
-
-
-def _needs_dict(endpoints: list[routing.Endpoint]) -> bool:
-    return any(e.provider_cfg.protocol != "openai" for e in endpoints)
-
-
-async def complete_chat(
-    gw: Gateway,
-    gen: Generation,
-    plan: routing.Plan,
-    body: bytes,
-    req_dict: dict[str, Any] | None,
-) -> web.Response:
-    errors: list[UpstreamError] = []
-    all_degraded = gw.routes.is_degraded(plan.endpoints[0])
-    waited = 0.0
-    for n, ep in enumerate(plan.endpoints):
-        att = gw.prepare(gen, ep, body, req_dict, stream=False)
+    cost = gw.max_cost(caller, plan, prompt_tokens, max_tokens, output=decoded.kind == "chat")
+    async with charge(gw.billing, caller, cost) as gen.reservation:
+        if not req.stream:
+            result = await pipeline.complete(gw, gen, decoded, plan)
+            return web.Response(body=codec.encode(result, gen), content_type=_JSON,
+                                headers={ROUTE_HEADER: gen.route})
+        sink = SSEResponse(request, {ROUTE_HEADER: gen.route}, gw.cfg.server.keepalive_s)
         try:
-            resp = await gw.upstreams.post(ep.provider, att.call)
-            try:
-                data = await gw.upstreams.read(ep.provider, resp)
-            finally:
-                resp.release()
-            if resp.status >= 300:
-                raise gw.status_error(att, resp.status, data, resp.headers)
-            out = att.adapter.parse_response(resp.status, data)
-        except UpstreamError as err:
-            waited += time.perf_counter() - att.started
-            gw.failed(att, err)
-            errors.append(err)
-            if not err.retryable:
-                break
-            continue
-        elapsed = time.perf_counter() - att.started
-        waited += elapsed
-        usage = gw.finish_usage(gen, att, out.get("usage"), 0)
-        gw.succeeded(att, 0.0, elapsed, usage["completion_tokens"])
-        if n:
-            gw.m_fallbacks.inc((gen.model,))
-        out["id"] = gen.id
-        out["object"] = "chat.completion"
-        out["created"] = gen.created
-        out["model"] = gen.model
-        out["provider"] = ep.provider
-        out["usage"] = usage
-        choices = out.get("choices")
-        if choices:
-            gen.finish_reason = choices[0].get("finish_reason")
-            gen.native_finish_reason = choices[0].get("native_finish_reason")
-        gen.generation_s = elapsed
-        gw.record(gen)
-        total = time.perf_counter() - gen.started
-        gw.m_overhead.observe(max(0.0, total - waited))
-        gw.m_latency.observe(total, (gen.model,))
-        gw.m_requests.inc((gen.model, ep.provider, "200"))
-        return web.Response(body=orjson.dumps(out), content_type=_JSON,
-                            headers={ROUTE_HEADER: gen.route})
-    exc = gw.final_error(errors, all_degraded)
-    if isinstance(exc, EdgeproxyError):
-        gw.m_requests.inc((gen.model, errors[-1].provider, str(exc.status)))
-    raise exc
+            await pipeline.stream(gw, gen, decoded, plan, codec.stream_encoder(gen), sink)
+        finally:
+            await sink.flowing()
+        assert sink.response is not None
+        return sink.response
+
+
+def dialect(codec: Codec) -> Handler:
+    """The route handler of one dialect: its errors in its own shape."""
+
+    async def handle(request: web.Request) -> web.StreamResponse:
+        try:
+            return await serve(request, codec)
+        except EdgeproxyError as exc:
+            return web.Response(body=codec.error_body(exc), status=exc.status,
+                                content_type=_JSON, headers=exc.headers())
+
+    return handle
 
 
 def model_object(entry: routing.ModelEntry) -> dict[str, Any]:

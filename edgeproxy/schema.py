@@ -12,7 +12,7 @@ import msgspec
 
 from .errors import BadRequest
 
-__all__ = ["ChatRequest", "Message", "ProviderPrefs", "decode_chat"]
+__all__ = ["ChatRequest", "Message", "ProviderPrefs", "convert_chat", "decode_chat"]
 
 NonNegInt = Annotated[int, msgspec.Meta(ge=0)]
 # Bounds keep every count inside the router's int64 arithmetic; no model comes near them.
@@ -108,3 +108,11 @@ def decode_chat(body: bytes) -> ChatRequest:
         return _chat_decoder.decode(body)
     except msgspec.DecodeError as exc:
         raise _bad(exc) from None
+
+
+def convert_chat(doc: dict[str, Any]) -> ChatRequest:
+    """The typed view of a chat request a dialect codec built as a dict."""
+    try:
+        return msgspec.convert(doc, ChatRequest)
+    except msgspec.ValidationError as exc:
+        raise BadRequest(f"invalid request: {exc}") from None

@@ -25,6 +25,7 @@ less, unless the request says `"transforms": []`.
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
+from functools import partial
 from typing import Any
 
 __all__ = ["CHARS_PER_TOKEN", "MARKER", "MESSAGE_OVERHEAD", "estimate_tokens", "middle_out"]
@@ -47,11 +48,13 @@ _TOOL_ROLES = frozenset({"tool", "function"})
 TokenCounter = Callable[[list[dict[str, Any]]], int]
 
 
-def _message_chars(m: dict[str, Any]) -> tuple[int, int]:
-    """(characters of text, number of non-text parts) of one message."""
+def _message_chars(m: Any) -> tuple[int, int]:
+    """(characters of text, number of non-text parts) of one message: a dict, or the typed
+    `schema.Message` the request path already holds (no second decode to count a prompt)."""
+    get = m.get if isinstance(m, dict) else partial(getattr, m)
     chars = 0
     extra = 0
-    content = m.get("content")
+    content = get("content")
     if isinstance(content, str):
         chars += len(content)
     elif isinstance(content, list):
@@ -63,7 +66,7 @@ def _message_chars(m: dict[str, Any]) -> tuple[int, int]:
                 chars += len(text)
             elif part.get("type") not in (None, "text"):
                 extra += 1
-    for call in m.get("tool_calls") or ():
+    for call in get("tool_calls") or ():
         fn = call.get("function") if isinstance(call, dict) else None
         if isinstance(fn, dict):
             for key in ("name", "arguments"):
@@ -71,13 +74,13 @@ def _message_chars(m: dict[str, Any]) -> tuple[int, int]:
                 if isinstance(value, str):
                     chars += len(value)
     for key in ("name", "tool_call_id"):
-        value = m.get(key)
+        value = get(key)
         if isinstance(value, str):
             chars += len(value)
     return chars, extra
 
 
-def estimate_tokens(messages: Sequence[dict[str, Any]]) -> int:
+def estimate_tokens(messages: Sequence[Any]) -> int:
     """≈ 4 characters a token over the text of each message, plus a small per-message overhead.
 
     Additive: the estimate of a list is the sum of the estimates of its messages.

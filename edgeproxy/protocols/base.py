@@ -19,7 +19,16 @@ import orjson
 
 from ..errors import UpstreamProtocolError
 
-__all__ = ["Adapter", "SSEParser", "StreamDecoder", "Target", "UpstreamCall", "json_object"]
+__all__ = [
+    "Adapter",
+    "Embedder",
+    "Forwarder",
+    "SSEParser",
+    "StreamDecoder",
+    "Target",
+    "UpstreamCall",
+    "json_object",
+]
 
 
 class Target(NamedTuple):
@@ -77,6 +86,25 @@ class Adapter(Protocol):
         ...
 
     def stream_decoder(self) -> StreamDecoder: ...
+
+
+class Forwarder(Adapter, Protocol):
+    """An adapter whose wire format is also a client dialect (openai, anthropic)."""
+
+    def forward(self, body: bytes, target: Target, stream: bool) -> UpstreamCall:
+        """The client's own body in this format, with the model (and stream flag) rewritten and
+        the gateway-only members removed; everything else passes byte for byte."""
+        ...
+
+
+class Embedder(Adapter, Protocol):
+    """An adapter that also serves embeddings (openai)."""
+
+    def build_embeddings(self, body: bytes, target: Target) -> UpstreamCall: ...
+
+    def parse_embeddings(self, status: int, data: bytes) -> dict[str, Any]:
+        """A 2xx embeddings body -> the upstream's object (`data`, `usage`)."""
+        ...
 
 
 def json_object(data: bytes, where: str) -> dict[str, Any]:

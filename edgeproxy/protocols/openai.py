@@ -13,7 +13,7 @@ import msgspec
 import orjson
 
 from ..errors import UpstreamProtocolError, UpstreamStatusError
-from .base import SSEParser, Target, UpstreamCall
+from .base import SSEParser, Target, UpstreamCall, json_object
 
 __all__ = ["OpenAIAdapter", "error_message"]
 
@@ -41,6 +41,22 @@ def error_message(data: bytes, limit: int = 2000) -> tuple[str, Any]:
     return str(doc)[:limit], doc
 
 
+def _members(body: bytes, target: Target) -> dict[str, msgspec.Raw]:
+    """The client's top-level members as raw slices, the model rewritten, gateway-only removed."""
+    top = _top_decoder.decode(body)
+    for key in _GATEWAY_ONLY:
+        top.pop(key, None)
+    top["model"] = msgspec.Raw(_encoder.encode(target.model))
+    return top
+
+
+def _post(path: str, top: dict[str, msgspec.Raw], target: Target) -> UpstreamCall:
+    headers = {"Content-Type": _JSON}
+    if target.api_key:
+        headers["Authorization"] = "Bearer " + target.api_key
+    return UpstreamCall(target.base_url + path, headers, _encoder.encode(top))
+
+
 class OpenAIAdapter:
     name = "openai"
     needs_dict = False
@@ -48,19 +64,35 @@ class OpenAIAdapter:
     def build_request(
         self, req: dict[str, Any] | None, body: bytes, target: Target, stream: bool
     ) -> UpstreamCall:
-        top = _top_decoder.decode(body)
-        for key in _GATEWAY_ONLY:
-            top.pop(key, None)
-        top["model"] = msgspec.Raw(_encoder.encode(target.model))
+        top = _members(body, target)
         if stream:
             # Usage is always reported (SPEC §1.1), so the upstream is always asked for it.
             top["stream_options"] = _INCLUDE_USAGE
         else:
             top.pop("stream_options", None)
-        headers = {"Content-Type": _JSON}
-        if target.api_key:
-            headers["Authorization"] = "Bearer " + target.api_key
-        return UpstreamCall(target.base_url + "/chat/completions", headers, _encoder.encode(top))
+        return _post("/chat/completions", top, target)
+
+    def forward(self, body: bytes, target: Target, stream: bool) -> UpstreamCall:
+        return self.build_request(None, body, target, stream)
+
+    def build_embeddings(self, body: bytes, target: Target) -> UpstreamCall:
+        """The client's embeddings request ("Embeddings › Create embeddings") as it is, but for
+        the model and the gateway-only members."""
+        return _post("/embeddings", _members(body, target), target)
+
+    def parse_embeddings(self, status: int, data: bytes) -> dict[str, Any]:
+        """The upstream's embeddings object, untouched but for `usage.completion_tokens`: an
+        embedding generates none, and billing reads it (SPEC §5.3: per input token)."""
+        doc = json_object(data, "upstream embeddings answer")
+        if not isinstance(doc.get("data"), list):
+            raise UpstreamProtocolError(
+                "upstream embeddings answer has no data list",
+                raw=data[:500].decode("utf-8", "replace"),
+            )
+        usage = doc.get("usage")
+        if isinstance(usage, dict):
+            usage["completion_tokens"] = 0
+        return doc
 
     def parse_response(self, status: int, data: bytes) -> dict[str, Any]:
         try:

@@ -1,0 +1,30 @@
+"""The one money step every request goes through: reserve → settle | release (SPEC §5.3).
+
+    async with charge(billing, caller, max_cost) as reservation:
+        ...                       # attempts; a served (or cancelled-after-answer) generation
+                                  # settles `reservation` with its real charge (Gateway.record)
+    # leaving the block releases whatever was not settled, however it is left: an error, a
+    # client that went away (CancelledError), a deadline.
+
+Release is synchronous and idempotent, so nothing between the reservation and its release can
+be interrupted by a cancellation: a reservation cannot leak.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import AsyncIterator
+
+from .service import Billing, Caller, Reservation
+
+__all__ = ["charge"]
+
+
+@contextlib.asynccontextmanager
+async def charge(billing: Billing, caller: Caller, amount: int) -> AsyncIterator[Reservation]:
+    """Hold `amount` micro-USD of the caller's room (402 when it cannot) for the block."""
+    reservation = await billing.reserve(caller, amount)
+    try:
+        yield reservation
+    finally:
+        billing.release(reservation)

@@ -1,0 +1,281 @@
+"""The one attempt loop of every dialect, streamed or not (SPEC §2, §4, §5.3).
+
+    plan ─▶ attempt 1 ─▶ attempt 2 ─▶ … ─▶ served | the final error
+            (each: prepare the call, send, read or relay, feed health and metrics)
+
+Retry points: an attempt that fails may fall back to the next endpoint while nothing of it has
+reached the client. For a streamed answer that is "no content byte yet" (the role-only opening
+and keep-alive comments do not count); once content has gone out, a failure ends the stream
+with the dialect's error event. The whole loop runs under the overall deadline
+(`server.request_timeout_s`), a 408 when it passes.
+
+Money: the request's reservation is held by the caller (`billing.charge`); this loop settles it
+through `Gateway.record` when an endpoint served, when a stream failed after content reached the
+client (what was delivered is billed and recorded with finish_reason "error"), and when the
+client went away after the upstream had answered (billed for what was generated, recorded as
+cancelled). Failed attempts and those that fell back are free.
+
+Streams go to a `Sink` (the HTTP face's SSE response) through the dialect's `StreamEncoder`;
+this module does no HTTP itself and never imports the face.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Awaitable, Callable
+from typing import TYPE_CHECKING, Any, Protocol, TypeVar
+
+import aiohttp
+
+from .errors import EdgeproxyError, UpstreamConnectionError, UpstreamError, UpstreamTimeout
+from .gateway import Attempt, Gateway, Generation
+from .routing import Plan
+
+if TYPE_CHECKING:
+    from .ingress.base import Decoded, StreamEncoder
+
+__all__ = ["Sink", "complete", "stream"]
+
+T = TypeVar("T")
+
+
+class Sink(Protocol):
+    """Where a streamed answer goes. The 200 head is sent with the first write."""
+
+    @property
+    def started(self) -> bool:
+        """The head has gone out: errors can only travel as events now."""
+        ...
+
+    def waiting(self) -> None:
+        """No upstream byte yet: keep the client's connection alive until `flowing`."""
+        ...
+
+    async def flowing(self) -> None: ...
+
+    async def write(self, data: bytes) -> None: ...
+
+    async def close(self) -> None: ...
+
+
+class _Run:
+    """The state of one request across its attempts."""
+
+    __slots__ = (
+        "answered",
+        "committed",
+        "current",
+        "errors",
+        "first_content",
+        "gen",
+        "gw",
+        "text_chars",
+        "usage",
+        "waited",
+    )
+
+    def __init__(self, gw: Gateway, gen: Generation) -> None:
+        self.gw = gw
+        self.gen = gen
+        self.errors: list[UpstreamError] = []
+        self.current: Attempt | None = None
+        self.answered = False  # the current attempt's upstream sent its response head
+        self.committed = False  # a content byte has gone to the client: no more fallback
+        self.usage: dict[str, Any] | None = None
+        self.text_chars = 0
+        self.first_content = 0.0
+        self.waited = 0.0  # seconds spent waiting on upstreams (the overhead metric)
+
+    async def attempts(
+        self, plan: Plan, req: Decoded, attempt: Callable[[Attempt], Awaitable[T]]
+    ) -> T:
+        """Run `attempt(att)` over the plan until one serves; return its result. Raises the final
+        error when every attempt failed or one failed after committing."""
+        gw, gen = self.gw, self.gen
+        # Degraded before this request's own failures: a 503 says none was available to begin with.
+        all_degraded = gw.routes.is_degraded(plan.endpoints[0])
+        try:
+            async with asyncio.timeout(gw.cfg.server.request_timeout_s):
+                for n, ep in enumerate(plan.endpoints):
+                    att = self.current = gw.prepare(gen, ep, req, req.stream)
+                    self.answered = False
+                    try:
+                        result = await attempt(att)
+                    except UpstreamError as err:
+                        self.waited += time.perf_counter() - att.started
+                        gw.failed(att, err)
+                        self.errors.append(err)
+                        if self.committed or not err.retryable:
+                            break
+                        continue
+                    if n:
+                        gw.m_fallbacks.inc((gen.model,))
+                    gw.m_requests.inc((gen.model, ep.provider, "200"))
+                    return result
+        except TimeoutError:
+            limit = gw.cfg.server.request_timeout_s
+            late = UpstreamTimeout(f"the request did not finish within {limit:g} s",
+                                   gen.provider)
+            if self.current is not None and not self.committed:
+                gw.failed(self.current, late)
+            self.errors.append(late)
+        except asyncio.CancelledError:
+            self.cancelled()
+            raise
+        if self.committed:
+            self.delivered()
+        last = self.errors[-1]
+        exc = last if self.committed else gw.final_error(self.errors, all_degraded)
+        status = str(exc.status) if isinstance(exc, EdgeproxyError) else "502"
+        gw.m_requests.inc((gen.model, last.provider, status))
+        raise exc
+
+    def served(self, att: Attempt, usage: dict[str, Any] | None, ttft_s: float,
+               gen_s: float) -> dict[str, Any]:
+        """An endpoint served: bill it, feed its health and speed, queue the ledger record."""
+        gw, gen = self.gw, self.gen
+        out = gw.finish_usage(gen, att, usage, self.text_chars)
+        gen.ttft_s = ttft_s
+        gen.generation_s = gen_s
+        gw.succeeded(att, ttft_s, gen_s, out["completion_tokens"])
+        gw.record(gen)
+        gw.m_latency.observe(time.perf_counter() - gen.started, (gen.model,))
+        return out
+
+    def delivered(self) -> None:
+        """A stream failed after content reached the client: bill and record what it got."""
+        gen, att = self.gen, self.current
+        if att is not None and gen.usage is None:
+            gen.finish_reason = "error"
+            self.gw.finish_usage(gen, att, self.usage, self.text_chars)
+            self.gw.record(gen)
+
+    def cancelled(self) -> None:
+        """The client went away. The upstream call was closed by the attempt's own cleanup; once
+        the upstream had answered, what it generated is billed (SPEC §4) from its usage if that
+        came, else estimated."""
+        gen, att = self.gen, self.current
+        gen.cancelled = True
+        if att is not None and gen.usage is None:
+            usage = self.usage if self.answered else {"prompt_tokens": 0, "completion_tokens": 0}
+            self.gw.finish_usage(gen, att, usage, self.text_chars)
+            self.gw.record(gen)
+        self.gw.m_requests.inc((gen.model, gen.provider, "cancelled"))
+
+
+async def complete(gw: Gateway, gen: Generation, req: Decoded, plan: Plan) -> dict[str, Any]:
+    """A non-streamed request: the canonical result of the endpoint that served (usage with
+    cost; for chat also the framing fields of a `chat.completion`)."""
+    run = _Run(gw, gen)
+
+    async def attempt(att: Attempt) -> dict[str, Any]:
+        name = att.endpoint.provider
+        resp = await gw.upstreams.post(name, att.call)
+        run.answered = resp.status < 300
+        try:
+            data = await gw.upstreams.read(name, resp)
+        finally:
+            resp.release()
+        if resp.status >= 300:
+            raise gw.status_error(att, resp.status, data, resp.headers)
+        out = att.parse(resp.status, data)
+        elapsed = time.perf_counter() - att.started
+        run.waited += elapsed
+        choices = out.get("choices")
+        if choices:
+            gen.finish_reason = choices[0].get("finish_reason")
+            gen.native_finish_reason = choices[0].get("native_finish_reason")
+        out["usage"] = run.served(att, out.get("usage"), 0.0, elapsed)
+        if req.kind == "chat":
+            out["id"] = gen.id
+            out["object"] = "chat.completion"
+            out["created"] = gen.created
+            out["model"] = gen.model
+            out["provider"] = gen.provider
+            out.setdefault("system_fingerprint", None)
+        return out
+
+    result: dict[str, Any] = await run.attempts(plan, req, attempt)
+    gw.m_overhead.observe(max(0.0, time.perf_counter() - gen.started - run.waited))
+    return result
+
+
+async def stream(
+    gw: Gateway, gen: Generation, req: Decoded, plan: Plan, enc: StreamEncoder, sink: Sink
+) -> None:
+    """A streamed request, relayed through the dialect's encoder to the sink."""
+    run = _Run(gw, gen)
+
+    def note(chunks: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        """Keep usage apart, note content and the finish reason; the chunks the client gets."""
+        out = []
+        for chunk in chunks:
+            u = chunk.pop("usage", None)
+            if u is not None:
+                run.usage = u
+            choices = chunk.get("choices")
+            if not choices:
+                continue  # the upstream's usage chunk: the dialect's own closing carries ours
+            for c in choices:
+                delta = c.get("delta")
+                if delta:
+                    content = delta.get("content")
+                    if content:
+                        run.text_chars += len(content)
+                    if content or delta.get("tool_calls") or delta.get("reasoning"):
+                        run.committed = True
+                if c.get("finish_reason") is not None:
+                    run.committed = True
+                    gen.finish_reason = c["finish_reason"]
+                    gen.native_finish_reason = c.get("native_finish_reason")
+            if run.committed and not run.first_content:
+                run.first_content = time.perf_counter()
+            out.append(chunk)
+        return out
+
+    async def attempt(att: Attempt) -> None:
+        name = att.endpoint.provider
+        gen.model = att.endpoint.model_id  # a `models` fallback may serve another model
+        sink.waiting()
+        resp = await gw.upstreams.post(name, att.call)
+        run.answered = resp.status < 300
+        try:
+            if resp.status >= 300:
+                data = await gw.upstreams.read(name, resp)
+                raise gw.status_error(att, resp.status, data, resp.headers)
+            decoder = att.adapter.stream_decoder()
+            run.usage = None
+            first_byte = 0.0
+            try:
+                async for data in resp.content.iter_any():
+                    if not first_byte:
+                        first_byte = time.perf_counter()
+                        await sink.flowing()
+                    chunks = note(decoder.feed(data))
+                    if chunks:
+                        await sink.write(enc.chunks(chunks))
+                chunks = note(decoder.close())
+                if chunks:
+                    await sink.write(enc.chunks(chunks))
+            except TimeoutError:
+                raise UpstreamTimeout(f"{name}: the stream stalled", name) from None
+            except aiohttp.ClientError:
+                raise UpstreamConnectionError(f"{name}: the stream was cut short", name) from None
+        finally:
+            resp.close()
+        end = time.perf_counter()
+        ttft = (first_byte or end) - att.started
+        usage = run.served(att, run.usage, ttft, end - (run.first_content or first_byte or end))
+        gw.m_ttft.observe(ttft, (name,))
+        await sink.write(enc.finish(usage))
+
+    try:
+        await run.attempts(plan, req, attempt)
+    except EdgeproxyError as exc:
+        if not sink.started:
+            raise
+        # The 200 head is gone already: the failure travels as the dialect's error event.
+        await sink.flowing()
+        await sink.write(enc.error(exc))
+    await sink.close()
