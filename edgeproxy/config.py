@@ -71,7 +71,7 @@ class StorageConfig(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
 
 class ProviderConfig(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
     base_url: str
-    protocol: Literal["openai", "anthropic", "gemini"] = "openai"
+    protocol: Literal["openai", "openai-responses", "anthropic", "gemini"] = "openai"
     api_key_env: str | None = None
     data_collection: Literal["allow", "deny"] = "allow"
     zdr: bool = False

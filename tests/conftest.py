@@ -25,7 +25,7 @@ from edgeproxy.gateway import Gateway
 T = TypeVar("T")
 
 REQUIRE_SERVICES = os.environ.get("EDGEPROXY_REQUIRE_SERVICES") == "1"
-_BASE_PATH = {"openai": "/v1", "anthropic": "/v1", "gemini": "/v1beta"}
+_BASE_PATH = {"openai": "/v1", "anthropic": "/v1", "gemini": "/v1beta", "openai-responses": "/v1"}
 
 
 class LoopThread:

@@ -25,6 +25,10 @@ def adapter_for(protocol: str) -> Adapter:
             from .gemini import GeminiAdapter
 
             a = GeminiAdapter()
+        elif protocol == "openai-responses":
+            from .openai_responses import ResponsesAdapter
+
+            a = ResponsesAdapter()
         else:
             raise KeyError(protocol)
         _ADAPTERS[protocol] = a

@@ -1,8 +1,8 @@
 """Wire-faithful fake upstream providers, for tests, benchmarks and `edgeproxy demo`.
 
-One simulator speaks one protocol — "openai", "anthropic" or "gemini" — on its vendor's paths,
-with its vendor's validation errors, response objects and SSE streams, and answers with a
-deterministic fake model (see `SimOptions` and `_common.make_plan`). Faults are injected on
+One simulator speaks one protocol — "openai", "openai-responses", "anthropic" or "gemini" — on its
+vendor's paths, with its vendor's validation errors, response objects and SSE streams, and answers
+with a deterministic fake model (see `SimOptions` and `_common.make_plan`). Faults are injected on
 demand: latency, token pacing, an error rate, and hang / reset / garbage / drop / status /
 midstream_error. Every simulator also serves test endpoints:
 
@@ -28,7 +28,7 @@ import signal
 import msgspec
 from aiohttp import web
 
-from . import anthropic, gemini, openai
+from . import anthropic, gemini, openai, openai_responses
 from ._common import FAULTS, SIM_KEY, Sim, SimOptions, Stats, introspection_routes
 
 __all__ = [
@@ -44,7 +44,12 @@ __all__ = [
     "start",
 ]
 
-PROTOCOLS = {"openai": openai, "anthropic": anthropic, "gemini": gemini}
+PROTOCOLS = {
+    "openai": openai,
+    "openai-responses": openai_responses,
+    "anthropic": anthropic,
+    "gemini": gemini,
+}
 MAX_BODY = 64 * 1024 * 1024  # larger than any gateway limit, so the gateway's 413 is tested
 
 
