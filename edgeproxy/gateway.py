@@ -59,6 +59,7 @@ class Generation:
         "cancelled",
         "cost_micro",
         "created",
+        "echo",
         "endpoint",
         "estimated",
         "finish_reason",
@@ -86,6 +87,7 @@ class Generation:
         self.started = time.perf_counter()
         self.endpoint: Endpoint | None = None
         self.provider = ""  # of the attempt being made, then of the one that served
+        self.echo: dict[str, Any] | None = None  # what the client's dialect repeats back
         self.usage: dict[str, Any] | None = None
         self.finish_reason: str | None = None
         self.native_finish_reason: str | None = None

@@ -20,12 +20,24 @@ from .billing.pricing import usd_str
 from .billing.service import Caller
 from .errors import BadRequest, EdgeproxyError, NoEndpoint, PayloadTooLarge
 from .gateway import Gateway, Generation
+from .ingress import anthropic_messages
 from .ingress.base import Codec, Decoded
 from .schema import ChatRequest, convert_chat
 from .streaming import SSEResponse
 from .transforms import CHARS_PER_TOKEN, estimate_tokens, middle_out
 
-__all__ = ["GATEWAY", "Handler", "dialect", "healthz", "list_models", "metrics", "readyz", "serve"]
+__all__ = [
+    "GATEWAY",
+    "Handler",
+    "dialect",
+    "get_model",
+    "healthz",
+    "list_models",
+    "messages_count_tokens",
+    "metrics",
+    "readyz",
+    "serve",
+]
 
 GATEWAY: web.AppKey[Gateway] = web.AppKey("gateway", Gateway)
 # Why this endpoint: the routing rule (e.g. "default (1/price² weighted)", "auto:code").
@@ -143,11 +155,15 @@ async def serve(request: web.Request, codec: Codec) -> web.StreamResponse:
     validate(req, gw)
     prompt_tokens = estimate_prompt_tokens(req)
     rule = auto_route(gw, req, caller, prompt_tokens) if is_auto(req.model) else ""
-    prompt_tokens = fit_context(gw, decoded, prompt_tokens)
-    req = decoded.route
-    plan = gw.routes.plan(req, prompt_tokens)
     if decoded.kind == "embeddings":
+        # The context limit holds per input, and the estimate is of all inputs together (for the
+        # reservation): the upstream enforces its own limit, and its 400 is relayed.
+        plan = gw.routes.plan(req, 0)
         embedding_endpoints(plan)
+    else:
+        prompt_tokens = fit_context(gw, decoded, prompt_tokens)
+        req = decoded.route
+        plan = gw.routes.plan(req, prompt_tokens)
     if rule:
         plan.rule = f"auto:{rule}"
     if all(ep.is_free for ep in plan.endpoints):
@@ -156,6 +172,7 @@ async def serve(request: web.Request, codec: Codec) -> web.StreamResponse:
     gen = Generation(plan.endpoints[0].model_id, req.stream, app_name(request), caller)
     gen.route = plan.rule
     gen.prompt_estimate = prompt_tokens
+    gen.echo = decoded.echo
     # Reserve the most this request can cost before any upstream is contacted (402 otherwise).
     cost = gw.max_cost(caller, plan, prompt_tokens, max_tokens, output=decoded.kind == "chat")
     async with charge(gw.billing, caller, cost) as gen.reservation:
@@ -210,18 +227,44 @@ def model_object(entry: routing.ModelEntry) -> dict[str, Any]:
         },
         "top_provider": {
             "context_length": cheapest.context_length,
-            "max_completion_tokens": cheapest.max_output,
+            "max_completion_tokens": cheapest.max_output if "text" in m.output_modalities
+            else None,
             "is_moderated": False,
         },
         "supported_parameters": m.supported_parameters,
     }
 
 
+async def messages_count_tokens(request: web.Request) -> web.Response:
+    """Anthropic's `POST /v1/messages/count_tokens`: the gateway's own estimate of the prompt."""
+    gw = request.app[GATEWAY]
+    try:
+        await gw.billing.authenticate(authorization(request))
+        body = await read_body(request, gw)
+        return json_response(anthropic_messages.count_tokens(body))
+    except EdgeproxyError as exc:
+        return web.Response(body=anthropic_messages.CODEC.error_body(exc), status=exc.status,
+                            content_type=_JSON, headers=exc.headers())
+
+
+async def get_model(request: web.Request) -> web.Response:
+    """`GET /models/{author}/{slug}`: one model object (the openai SDK's models.retrieve)."""
+    gw = request.app[GATEWAY]
+    m = request.match_info
+    # The openai SDK sends the id as one path segment, its slash encoded (%2F).
+    model_id = m["model_id"] if "model_id" in m else f"{m['author']}/{m['slug']}"
+    entry = gw.routes.models.get(model_id)
+    if entry is None:
+        raise NoEndpoint(f"unknown model {model_id!r}", {"model": model_id})
+    return json_response(model_object(entry))
+
+
 async def list_models(request: web.Request) -> web.Response:
     gw = request.app[GATEWAY]
     q = request.query
     params = [p for p in q.get("supported_parameters", "").split(",") if p]
-    outputs = [p for p in q.get("output_modalities", "").split(",") if p]
+    # As OpenRouter's /models: text models unless the query asks for others (or "all").
+    outputs = [p for p in q.get("output_modalities", "text").split(",") if p]
     data = []
     for entry in gw.routes.models.values():
         m = entry.cfg

@@ -33,7 +33,7 @@ from ..schema import ChatRequest, convert_chat
 if TYPE_CHECKING:
     from ..gateway import Generation
 
-__all__ = ["Codec", "Decoded", "StreamEncoder", "from_dict"]
+__all__ = ["Codec", "Decoded", "StreamEncoder", "from_dict", "load_object"]
 
 
 class Decoded:
@@ -46,7 +46,7 @@ class Decoded:
     `kind` is what the upstream is asked for: "chat" or "embeddings".
     """
 
-    __slots__ = ("_openai", "body", "doc", "kind", "native", "route")
+    __slots__ = ("_openai", "body", "doc", "echo", "kind", "native", "route")
 
     def __init__(
         self,
@@ -56,12 +56,16 @@ class Decoded:
         body: bytes = b"",
         native: str = "",
         kind: str = "chat",
+        echo: dict[str, Any] | None = None,
     ) -> None:
         self.route = route
         self.doc = doc
         self.body = body
         self.native = native
         self.kind = kind
+        # What the dialect repeats back in its answer (the Responses object echoes the request's
+        # settings); handed to the encoders as `gen.echo`.
+        self.echo = echo
         self._openai: bytes | None = body if native == "openai" else None
 
     @property
@@ -71,13 +75,7 @@ class Decoded:
     def as_dict(self) -> dict[str, Any]:
         """The canonical OpenAI chat request as a dict (parsed once, on first use)."""
         if self.doc is None:
-            try:
-                doc = orjson.loads(self.body)
-            except orjson.JSONDecodeError as exc:  # the typed decode accepted it; kept for safety
-                raise BadRequest(f"malformed JSON body: {exc}") from None
-            if not isinstance(doc, dict):
-                raise BadRequest("the request body must be a JSON object")
-            self.doc = doc
+            self.doc = load_object(self.body)
         return self.doc
 
     def openai_body(self) -> bytes:
@@ -95,10 +93,21 @@ class Decoded:
 
 
 def from_dict(doc: dict[str, Any], *, body: bytes = b"", native: str = "",
-              kind: str = "chat") -> Decoded:
+              kind: str = "chat", echo: dict[str, Any] | None = None) -> Decoded:
     """A codec's canonical request dict -> Decoded, validated as an OpenAI chat request would be
     (a wrong type or value is a 400 naming the field)."""
-    return Decoded(convert_chat(doc), doc=doc, body=body, native=native, kind=kind)
+    return Decoded(convert_chat(doc), doc=doc, body=body, native=native, kind=kind, echo=echo)
+
+
+def load_object(body: bytes) -> dict[str, Any]:
+    """A client's JSON body, which must be an object; BadRequest (400) otherwise."""
+    try:
+        doc = orjson.loads(body)
+    except orjson.JSONDecodeError as exc:
+        raise BadRequest(f"malformed JSON body: {exc}") from None
+    if not isinstance(doc, dict):
+        raise BadRequest("the request body must be a JSON object")
+    return doc
 
 
 class StreamEncoder(Protocol):

@@ -8,7 +8,7 @@ needs one. Encoding adds the framing fields to what the pipeline returns.
 from __future__ import annotations
 
 from collections.abc import Mapping
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, ClassVar
 
 import orjson
 
@@ -19,15 +19,18 @@ from .base import Decoded
 if TYPE_CHECKING:
     from ..gateway import Generation
 
-__all__ = ["CODEC", "ChatStream"]
+__all__ = ["CODEC", "DONE", "ChatStream"]
 
-_DONE = b"data: [DONE]\n\n"
+DONE = b"data: [DONE]\n\n"
 
 
 class ChatStream:
     """`chat.completion.chunk` frames, a usage chunk (`choices: []`) and `[DONE]`."""
 
     __slots__ = ("gen",)
+    _object = "chat.completion.chunk"
+    #: The one choice of the closing error chunk (SPEC §4), without its finish reason.
+    _error_choice: ClassVar[dict[str, Any]] = {"index": 0, "delta": {}}
 
     def __init__(self, gen: Generation) -> None:
         self.gen = gen
@@ -35,7 +38,7 @@ class ChatStream:
     def _frame(self, chunk: dict[str, Any]) -> bytes:
         gen = self.gen
         chunk["id"] = gen.id
-        chunk["object"] = "chat.completion.chunk"
+        chunk["object"] = self._object
         chunk["created"] = gen.created
         chunk["model"] = gen.model
         chunk["provider"] = gen.provider
@@ -45,14 +48,15 @@ class ChatStream:
         return b"".join([self._frame(c) for c in chunks])
 
     def finish(self, usage: dict[str, Any]) -> bytes:
-        return self._frame({"choices": [], "usage": usage}) + _DONE
+        return self._frame({"choices": [], "usage": usage}) + DONE
 
     def error(self, exc: EdgeproxyError) -> bytes:
+        # The openai SDK raises APIError on a chunk with `error`.
         return self._frame({
-            "choices": [{"index": 0, "delta": {}, "finish_reason": "error",
+            "choices": [{**self._error_choice, "finish_reason": "error",
                          "native_finish_reason": None}],
             "error": {"code": exc.status, "message": exc.message, "metadata": exc.metadata},
-        }) + _DONE
+        }) + DONE
 
 
 class _ChatCodec:

@@ -17,6 +17,7 @@ from __future__ import annotations
 import re
 from typing import Any
 
+import msgspec
 import orjson
 
 from ..errors import (
@@ -84,6 +85,15 @@ _JSON_OBJECT_INSTRUCTION = (
 _TOOL_NAME_MAX = 64  # [tools] name: ^[a-zA-Z0-9_-]{1,64}$
 _UNSAFE_ID = re.compile(r"[^A-Za-z0-9_-]")  # [tools] tool_use.id: ^[a-zA-Z0-9_-]+$
 
+# A client that speaks Messages itself is passed through (`forward`): its body is split into
+# top-level raw JSON slices, and the members only the gateway reads (OpenRouter's extras, OpenAI's
+# `user`) are removed, as the Messages API rejects unknown fields.
+_GATEWAY_ONLY = ("models", "provider", "route", "transforms", "usage", "plugins", "session_id",
+                 "reasoning", "user")
+_top_decoder = msgspec.json.Decoder(dict[str, msgspec.Raw])
+_raw_encoder = msgspec.json.Encoder()
+_TRUE = msgspec.Raw(b"true")
+
 
 class AnthropicAdapter:
     """Translate OpenAI chat completions to the Anthropic Messages API and back."""
@@ -134,6 +144,28 @@ class AnthropicAdapter:
 
     def stream_decoder(self) -> AnthropicStreamDecoder:
         return AnthropicStreamDecoder()
+
+    def forward(self, body: bytes, target: Target, stream: bool) -> UpstreamCall:
+        """POST {base_url}/messages with the client's own Messages body (already validated by the
+        ingress codec): messages, tools and every other member stay the client's bytes; only
+        `model` and `stream` are set and the gateway-only members dropped. The answer is read by
+        parse_response / stream_decoder like any other."""
+        top = _top_decoder.decode(body)
+        for key in _GATEWAY_ONLY:
+            top.pop(key, None)
+        top["model"] = msgspec.Raw(_raw_encoder.encode(target.model))
+        if stream:
+            top["stream"] = _TRUE
+        else:
+            top.pop("stream", None)
+        headers = {
+            "x-api-key": target.api_key,
+            "anthropic-version": ANTHROPIC_VERSION,
+            "content-type": "application/json",
+        }
+        return UpstreamCall(
+            f"{target.base_url.rstrip('/')}/messages", headers, _raw_encoder.encode(top)
+        )
 
 
 # --------------------------------------------------------------------------- request: OpenAI -> Messages

@@ -2,13 +2,17 @@
 
 Follows the OpenAI API reference: "Chat › Create chat completion" (the request, the
 `chat.completion` object, the `chat.completion.chunk` stream and `stream_options.include_usage`),
-"Completions (legacy)", "Models › List", and "Error codes" for the error body
-{"error": {"message", "type", "param", "code"}}. Routes: POST /v1/chat/completions (also
-/chat/completions), POST /v1/completions, GET /v1/models.
+"Completions (legacy)", "Embeddings › Create embeddings", "Models › List", and "Error codes" for
+the error body {"error": {"message", "type", "param", "code"}}. Routes: POST /v1/chat/completions
+(also /chat/completions), POST /v1/completions, POST /v1/embeddings, GET /v1/models.
 """
 
 from __future__ import annotations
 
+import base64
+import hashlib
+import math
+import struct
 from typing import Any
 
 import orjson
@@ -22,6 +26,7 @@ from ._common import (
     Pacer,
     Plan,
     Sim,
+    count_tokens,
     endpoint,
     json_response,
     make_plan,
@@ -44,6 +49,18 @@ FINISH = {
 }
 DEFAULT_MODELS = ["gpt-4o-mini", "gpt-4o"]
 FINGERPRINT = "fp_edgeproxy_sim"
+# "Embeddings › Create embeddings" and the embeddings guide: 1536 numbers a vector (3072 for
+# text-embedding-3-large); `dimensions` "only supported in text-embedding-3 and later models";
+# at most 2048 inputs of at most 8192 tokens each, none empty.
+EMBEDDING_SIZES = {"text-embedding-3-large": 3072}
+DEFAULT_EMBEDDING_SIZE = 1536
+NO_DIMENSIONS = frozenset({"text-embedding-ada-002"})
+MAX_EMBEDDING_INPUTS = 2048
+MAX_EMBEDDING_TOKENS = 8192
+_INVALID_INPUT = (
+    "'$.input' is invalid. Please check the API reference: "
+    "https://platform.openai.com/docs/api-reference."
+)
 
 # "Error codes": the type and code OpenAI sends with each status.
 _ERRORS: dict[int, tuple[str, str | None, str]] = {
@@ -137,7 +154,7 @@ def _text_of(content: Any) -> str:
     return ""
 
 
-def _common_params(body: Any) -> tuple[str, Conversation]:
+def _model_of(body: Any) -> str:
     if body is BAD_JSON or not isinstance(body, dict):
         raise Invalid(
             "We could not parse the JSON body of your request. (HINT: This likely means you "
@@ -147,6 +164,11 @@ def _common_params(body: Any) -> tuple[str, Conversation]:
     model = body.get("model")
     if not isinstance(model, str) or not model:
         raise Invalid("you must provide a model parameter")
+    return model
+
+
+def _common_params(body: Any) -> tuple[str, Conversation]:
+    model = _model_of(body)
     conv = Conversation()
     for name in ("max_tokens", "max_completion_tokens"):
         value = _int_param(body, name)
@@ -258,6 +280,77 @@ def parse_completion(body: Any) -> tuple[str, Conversation]:
     return model, conv
 
 
+def _is_tokens(value: Any) -> bool:
+    return (isinstance(value, list) and bool(value)
+            and all(isinstance(t, int) and not isinstance(t, bool) and t >= 0 for t in value))
+
+
+def _input_tokens(item: str | list[int]) -> int:
+    return count_tokens(item) if isinstance(item, str) else len(item)
+
+
+def parse_embeddings(body: Any) -> tuple[str, list[Any], int, str]:
+    """Validate an embeddings request the way OpenAI does: (model, inputs, size, encoding)."""
+    model = _model_of(body)
+    inputs = body.get("input")
+    if inputs is None:
+        raise Invalid(
+            "Missing required parameter: 'input'.", param="input",
+            code="missing_required_parameter",
+        )
+    if isinstance(inputs, str) or _is_tokens(inputs):
+        inputs = [inputs]
+    if (
+        not isinstance(inputs, list) or not inputs or len(inputs) > MAX_EMBEDDING_INPUTS
+        or not all((isinstance(i, str) and i) or _is_tokens(i) for i in inputs)
+    ):
+        raise Invalid(_INVALID_INPUT)
+    for item in inputs:
+        n = _input_tokens(item)
+        if n > MAX_EMBEDDING_TOKENS:
+            raise Invalid(
+                f"This model's maximum context length is {MAX_EMBEDDING_TOKENS} tokens, however "
+                f"you requested {n} tokens ({n} in your prompt; 0 for the completion). Please "
+                "reduce your prompt; or completion length."
+            )
+    size = EMBEDDING_SIZES.get(model, DEFAULT_EMBEDDING_SIZE)
+    dimensions = _int_param(body, "dimensions")
+    if dimensions is not None:
+        if model in NO_DIMENSIONS:
+            raise Invalid("This model does not support specifying dimensions.")
+        if dimensions > size:
+            raise Invalid(
+                f"Invalid 'dimensions': integer above maximum value. Expected a value <= {size}, "
+                f"but got {dimensions} instead.",
+                param="dimensions",
+                code="integer_above_max_value",
+            )
+        size = dimensions
+    encoding = body.get("encoding_format", "float")
+    if encoding not in ("float", "base64"):
+        raise Invalid(
+            f"Invalid value: '{encoding}'. Supported values are: 'float' and 'base64'.",
+            param="encoding_format",
+            code="invalid_value",
+        )
+    return model, inputs, size, encoding
+
+
+def embedding_vector(item: str | list[int], size: int) -> bytes:
+    """A deterministic unit-length vector for one input, as little-endian float32 (the layout of
+    OpenAI's base64 encoding). Its numbers come from SHAKE-256 of the input, so a shorter
+    `dimensions` gives a prefix of the full vector, renormalised, as text-embedding-3 does."""
+    seed = item.encode() if isinstance(item, str) else orjson.dumps(item)
+    raw = struct.unpack(f"<{size}H", hashlib.shake_256(seed).digest(2 * size))
+    values = [v - 32767.5 for v in raw]
+    norm = math.sqrt(sum(v * v for v in values))
+    return struct.pack(f"<{size}f", *(v / norm for v in values))
+
+
+def _headers(sim: Sim) -> dict[str, str]:
+    return {"x-request-id": sim.new_id("req_", 32), "openai-version": "2020-10-01"}
+
+
 def _usage(plan: Plan) -> dict[str, Any]:
     return {
         "prompt_tokens": plan.prompt_tokens,
@@ -281,7 +374,7 @@ class _Responder:
         self.plan, self.legacy = plan, legacy
         self.id = sim.new_id("cmpl-" if legacy else "chatcmpl-")
         self.created = now()
-        self.headers = {"x-request-id": sim.new_id("req_", 32), "openai-version": "2020-10-01"}
+        self.headers = _headers(sim)
 
     def _envelope(self, obj: str) -> dict[str, Any]:
         return {
@@ -394,6 +487,26 @@ def routes(sim: Sim) -> list[web.RouteDef]:
 
         return endpoint(sim, dialect, handle)
 
+    async def embed(request: web.Request, body: Any) -> web.StreamResponse:
+        try:
+            _check_auth(request, sim)
+            model, inputs, size, encoding = parse_embeddings(body)
+        except Invalid as exc:
+            return _invalid_response(exc)
+        data = []
+        for i, item in enumerate(inputs):
+            packed = embedding_vector(item, size)
+            vector: Any = (base64.b64encode(packed).decode() if encoding == "base64"
+                           else list(struct.unpack(f"<{size}f", packed)))
+            data.append({"object": "embedding", "index": i, "embedding": vector})
+        tokens = sum(_input_tokens(item) for item in inputs)
+        usage = {"prompt_tokens": tokens, "total_tokens": tokens}
+        resp = json_response({"object": "list", "data": data, "model": model, "usage": usage},
+                             headers=_headers(sim))
+        if sim.cut() is not None:
+            await send_truncated(request, resp)  # a drop: half the JSON, then EOF
+        return resp
+
     async def models(_: web.Request) -> web.Response:
         data = [
             {"id": m, "object": "model", "created": 1700000000, "owned_by": "edgeproxy-sim"}
@@ -402,11 +515,14 @@ def routes(sim: Sim) -> list[web.RouteDef]:
         return json_response({"object": "list", "data": data})
 
     chat = generation(legacy=False)
+    embeddings = endpoint(sim, dialect, embed)
     return [
         web.post("/v1/chat/completions", chat),
         web.post("/chat/completions", chat),
         web.post("/v1/completions", generation(legacy=True)),
         web.post("/completions", generation(legacy=True)),
+        web.post("/v1/embeddings", embeddings),
+        web.post("/embeddings", embeddings),
         web.get("/v1/models", models),
         web.get("/models", models),
     ]

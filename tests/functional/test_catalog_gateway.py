@@ -20,7 +20,8 @@ from tests.conftest import Stack
 
 @pytest.fixture
 def catalog_gateway(stack: Stack, monkeypatch: pytest.MonkeyPatch, tmp_path):
-    sims = {p: stack.sim(p, max_reply_tokens=4) for p in ("openai", "anthropic", "gemini")}
+    sims = {p: stack.sim(p, max_reply_tokens=4)
+            for p in ("openai", "openai-responses", "anthropic", "gemini")}
     doc = catalog.builtin_document()
     lines = ["[server]", 'listen = "127.0.0.1:0"', 'auth = "none"',
              "[storage]", f'ledger = "sqlite:///{tmp_path}/l.db"']

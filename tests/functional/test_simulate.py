@@ -5,11 +5,14 @@ configuration and cancellation accounting."""
 from __future__ import annotations
 
 import asyncio
+import base64
 import json
 import logging
+import math
 import os
 import re
 import signal
+import struct
 import sys
 import time
 from pathlib import Path
@@ -487,6 +490,122 @@ async def test_openai_sdk(simulator):
             await client.with_options(api_key="sk-bad").chat.completions.create(
                 model="m", messages=[{"role": "user", "content": "x"}]
             )
+
+
+# --- OpenAI embeddings ----------------------------------------------------------------------
+
+
+def _unpack(b64: str) -> list[float]:
+    raw = base64.b64decode(b64)
+    return list(struct.unpack(f"<{len(raw) // 4}f", raw))
+
+
+async def test_openai_embeddings_shape(simulator, session):
+    base = await simulator("openai")
+    url = f"{base}/v1/embeddings"
+    body = {"model": "text-embedding-3-small", "input": ["the quick fox", "a dog"]}
+    status, data = await post_json(session, url, body)
+    assert status == 200
+    assert set(data) == {"object", "data", "model", "usage"}
+    assert data["object"] == "list" and data["model"] == "text-embedding-3-small"
+    assert data["usage"] == {"prompt_tokens": 3 + 2, "total_tokens": 3 + 2}
+    first, second = data["data"]
+    assert [(e["object"], e["index"]) for e in data["data"]] == [("embedding", 0), ("embedding", 1)]
+    assert len(first["embedding"]) == len(second["embedding"]) == 1536
+    assert math.isclose(math.fsum(v * v for v in first["embedding"]), 1.0, rel_tol=1e-5)
+    assert first["embedding"] != second["embedding"]
+    # Deterministic: the same input gives the same vector, alone or in a list.
+    _, again = await post_json(session, url, {**body, "input": "the quick fox"})
+    assert again["data"][0]["embedding"] == first["embedding"]
+    _, large = await post_json(session, url, {"model": "text-embedding-3-large", "input": "x"})
+    assert len(large["data"][0]["embedding"]) == 3072
+    _, tokens = await post_json(session, url, {**body, "input": [[1, 2, 3], [4, 5]]})
+    assert len(tokens["data"]) == 2 and tokens["usage"]["prompt_tokens"] == 5
+
+
+async def test_openai_embeddings_base64_and_dimensions(simulator, session):
+    base = await simulator("openai")
+    url = f"{base}/v1/embeddings"
+    body = {"model": "text-embedding-3-small", "input": "hello there"}
+    _, floats = await post_json(session, url, body)
+    _, b64 = await post_json(session, url, {**body, "encoding_format": "base64"})
+    assert _unpack(b64["data"][0]["embedding"]) == floats["data"][0]["embedding"]
+    _, short = await post_json(session, url, {**body, "dimensions": 256})
+    vector = short["data"][0]["embedding"]
+    assert len(vector) == 256
+    assert math.isclose(math.fsum(v * v for v in vector), 1.0, rel_tol=1e-5)
+    # A shortened text-embedding-3 vector is the full one's prefix, renormalised.
+    full = floats["data"][0]["embedding"][:256]
+    scale = math.sqrt(math.fsum(v * v for v in full))
+    assert all(math.isclose(a, b / scale, rel_tol=1e-4, abs_tol=1e-6)
+               for a, b in zip(vector, full, strict=True))
+
+
+@pytest.mark.parametrize(
+    ("patch", "param", "code", "fragment"),
+    [
+        ({"model": None}, None, None, "model parameter"),
+        ({"input": None}, "input", "missing_required_parameter", "'input'"),
+        ({"input": ""}, None, None, "'$.input' is invalid"),
+        ({"input": []}, None, None, "'$.input' is invalid"),
+        ({"input": ["a", ""]}, None, None, "'$.input' is invalid"),
+        ({"input": ["a"] * 2049}, None, None, "'$.input' is invalid"),
+        ({"input": "w " * 8193}, None, None, "maximum context length is 8192 tokens"),
+        ({"dimensions": 0}, "dimensions", "integer_below_min_value", ">= 1"),
+        ({"dimensions": "8"}, "dimensions", "invalid_type", "expected an integer"),
+        ({"dimensions": 2000}, "dimensions", "integer_above_max_value", "<= 1536"),
+        ({"model": "text-embedding-ada-002", "dimensions": 8}, None, None, "dimensions"),
+        ({"encoding_format": "hex"}, "encoding_format", "invalid_value", "'hex'"),
+    ],
+)
+async def test_openai_embeddings_validation(simulator, session, patch, param, code, fragment):
+    base = await simulator("openai")
+    body = {"model": "text-embedding-3-small", "input": "x", **patch}
+    body = {k: v for k, v in body.items() if v is not None}
+    status, data = await post_json(session, f"{base}/v1/embeddings", body)
+    assert status == 400
+    assert set(data["error"]) == {"message", "type", "param", "code"}
+    assert data["error"]["type"] == "invalid_request_error"
+    assert (data["error"]["param"], data["error"]["code"]) == (param, code)
+    assert fragment in data["error"]["message"]
+
+
+async def test_openai_embeddings_faults(simulator, session):
+    base = await simulator("openai", error_rate=1.0, seed=3)
+    body = {"model": "text-embedding-3-small", "input": "x"}
+    status, data = await post_json(session, f"{base}/v1/embeddings", body)
+    assert status == 500 and data["error"]["type"] == "server_error"
+    await post_json(session, f"{base}/_sim/config",
+                    {"error_rate": 0, "fault": "status", "fault_status": 429, "retry_after": 4})
+    async with session.post(f"{base}/embeddings", json=body) as resp:
+        assert resp.status == 429 and resp.headers["Retry-After"] == "4"
+        assert (await resp.json())["error"]["code"] == "rate_limit_exceeded"
+    await post_json(session, f"{base}/_sim/config", {"fault": "drop"})
+    with pytest.raises(aiohttp.ClientPayloadError):  # half the JSON, then the connection closes
+        async with session.post(f"{base}/v1/embeddings", json=body) as resp:
+            assert resp.status == 200
+            await resp.read()
+    await post_json(session, f"{base}/_sim/config", {"fault": "", "api_key": "sk-right"})
+    status, data = await post_json(session, f"{base}/v1/embeddings", body)
+    assert status == 401 and data["error"]["type"] == "invalid_request_error"
+    stats = await get_json(session, f"{base}/_sim/stats")
+    assert stats["errors_injected"] == 3 and stats["requests"] == 4
+
+
+async def test_openai_embeddings_sdk(simulator):
+    openai = pytest.importorskip("openai")
+    base = await simulator("openai")
+    async with openai.AsyncOpenAI(base_url=f"{base}/v1", api_key="sk", max_retries=0) as client:
+        # The SDK asks for base64 unless told otherwise, and decodes it.
+        default = await client.embeddings.create(model="text-embedding-3-small",
+                                                 input=["one", "two three"])
+        floats = await client.embeddings.create(model="text-embedding-3-small",
+                                                input=["one", "two three"],
+                                                encoding_format="float", dimensions=64)
+    assert [len(e.embedding) for e in default.data] == [1536, 1536]
+    assert default.usage.prompt_tokens == default.usage.total_tokens == 3
+    assert [len(e.embedding) for e in floats.data] == [64, 64]
+    assert floats.data[1].index == 1
 
 
 # --- Anthropic ------------------------------------------------------------------------------

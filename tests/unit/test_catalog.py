@@ -43,6 +43,12 @@ SPEC_6: dict[str, tuple[Any, Any, str]] = {
     "meta-llama/llama-3.1-70b-instruct": ((D("0.35"), D("0.60")), (D("0.40"), D("0.90")), "128K"),
     "meta-llama/llama-3.1-8b-instruct": (D("0.05"), D("0.05"), "128K"),
 }
+# Embedding models (SPEC §1.1, §5.3): id -> (prompt price per 1M input tokens, context, provider).
+EMBEDDINGS: dict[str, tuple[Decimal, int, str]] = {
+    "openai/text-embedding-3-small": (D("0.02"), 8191, "openai"),
+    "openai/text-embedding-3-large": (D("0.13"), 8191, "openai"),
+    "mistralai/mistral-embed": (D("0.10"), 8192, "mistral"),
+}
 SPEC_PROVIDERS = {"openai", "anthropic", "google-ai-studio", "deepinfra", "novita", "fireworks",
                   "together", "azure", "groq", "cerebras", "mistral", "deepseek", "perplexity"}
 TOKENIZERS = {"GPT", "Claude", "Gemini", "Llama3", "Llama4", "DeepSeek", "Mistral"}
@@ -54,8 +60,9 @@ def cat() -> config.Config:
 
 
 def test_catalog_parses_and_holds_exactly_spec_models(cat: config.Config) -> None:
-    assert set(cat.models) == set(SPEC_6)
-    assert set(cat.providers) == SPEC_PROVIDERS
+    assert set(cat.models) == set(SPEC_6) | set(EMBEDDINGS)
+    # OpenAI appears twice: its Responses API is a provider entry of its own (openai-responses).
+    assert set(cat.providers) == SPEC_PROVIDERS | {"openai-responses"}
 
 
 @pytest.mark.parametrize("mid", sorted(SPEC_6))
@@ -90,11 +97,24 @@ def test_model_objects_are_complete(cat: config.Config) -> None:
         assert m.name and m.description, mid
         assert 1_700_000_000 <= m.created <= 1_800_000_000, mid  # 2023-11 .. 2027-01
         assert m.tokenizer in TOKENIZERS, mid
+        if mid in EMBEDDINGS:
+            continue  # see test_embedding_models
         assert "text" in m.input_modalities and m.output_modalities == ["text"], mid
         assert 0 < m.max_output <= m.context_length, mid
         assert {"max_tokens"} <= set(m.supported_parameters), mid
         for e in m.endpoints:
             assert e.throughput > 0 and e.latency_ms > 0, (mid, e.provider)
+
+
+@pytest.mark.parametrize("mid", sorted(EMBEDDINGS))
+def test_embedding_models(cat: config.Config, mid: str) -> None:
+    prompt, context, provider = EMBEDDINGS[mid]
+    m = cat.models[mid]
+    assert m.input_modalities == ["text"] and m.output_modalities == ["embeddings"]
+    assert m.context_length == context
+    assert [(e.provider, e.prompt, e.completion) for e in m.endpoints] == [(provider, prompt, 0)]
+    assert cat.providers[provider].protocol == "openai"  # embeddings go to openai upstreams
+    assert all(e.latency_ms > 0 for e in m.endpoints)
 
 
 def test_multimodal_and_reasoning_flags(cat: config.Config) -> None:
@@ -142,8 +162,13 @@ def test_provider_urls_and_protocols(cat: config.Config) -> None:
     for name, prov in p.items():
         assert prov.base_url.startswith("https://"), name
         assert prov.api_key_env and prov.api_key_env.endswith("_API_KEY"), name
-        if name not in ("anthropic", "google-ai-studio"):
+        if name not in ("anthropic", "google-ai-studio", "openai-responses"):
             assert prov.protocol == "openai", name
+    assert (p["openai-responses"].protocol, p["openai-responses"].base_url) == (
+        "openai-responses", p["openai"].base_url)
+    assert p["openai-responses"].api_key_env == "OPENAI_API_KEY"
+    for mid in ("openai/gpt-5-pro", "openai/o3-pro"):  # served on the Responses API only
+        assert [e.provider for e in cat.models[mid].endpoints] == ["openai-responses"], mid
     assert p["openai"].api_key_env == "OPENAI_API_KEY"
     assert p["google-ai-studio"].api_key_env == "GEMINI_API_KEY"
 
@@ -273,7 +298,7 @@ def test_usable_keeps_only_keyed_providers() -> None:
     out = usable(doc, {"OPENAI_API_KEY": "sk-x", "GROQ_API_KEY": "g"})
     cfg = config.parse(out)
     providers = {e.provider for m in cfg.models.values() for e in m.endpoints}
-    assert providers == {"openai", "groq"}
+    assert providers == {"openai", "openai-responses", "groq"}  # both OpenAI APIs, one key
     assert "openai/gpt-4o" in cfg.models and "anthropic/claude-3-opus" not in cfg.models
     # The 70B keeps only its Groq endpoint.
     assert [e.provider for e in cfg.models["meta-llama/llama-3.1-70b-instruct"].endpoints] == [
