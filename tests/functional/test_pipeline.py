@@ -93,3 +93,21 @@ def test_a_stream_that_fails_after_content_is_recorded_and_billed(stack: Stack) 
     # what reached the client ("a b c": 3 words of 1 token each, estimated) is billed
     assert data["tokens_completion"] > 0 and usd(data["total_cost"]) > 0
     assert usd(get(gw, "/credits", key).json()["data"]["total_usage"]) == usd(data["total_cost"])
+
+
+def test_a_large_image_counts_as_an_image_not_as_its_base64(stack: Stack) -> None:
+    # ~600 KB of base64: counted by bytes it would be ~150k tokens, over this 32k context.
+    sim = stack.sim()
+    gw = stack.gateway(config([("acme", sim, {})], context_length=32000,
+                              model_extra={"input_modalities": ["text", "image"]}))
+    image = "data:image/png;base64," + "A" * 600_000
+    r = httpx.post(gw.base_url + "/chat/completions", timeout=10, json={
+        "model": "test/model", "max_tokens": 100,
+        "messages": [{"role": "user", "content": [
+            {"type": "text", "text": "What is in this picture?"},
+            {"type": "image_url", "image_url": {"url": image}}]}]})
+    assert r.status_code == 200, r.text
+    # and a prompt whose text really is over the context still gets the 400 that says so
+    r = httpx.post(gw.base_url + "/chat/completions", timeout=10, json={
+        "model": "test/model", "messages": [{"role": "user", "content": "word " * 40_000}]})
+    assert r.status_code == 400 and "context of 32000" in r.json()["error"]["message"]
