@@ -309,9 +309,11 @@ class Gateway:
     # -- money ------------------------------------------------------------------------------------
 
     def finish_usage(
-        self, gen: Generation, att: Attempt, usage: dict[str, Any] | None, text_chars: int
+        self, gen: Generation, att: Attempt, usage: dict[str, Any] | None, text_chars: int,
+        billable: bool = True,
     ) -> dict[str, Any]:
-        """Complete the usage object with `cost` and `is_byok` (SPEC §1.1, §5.3) and settle."""
+        """Complete the usage object with `cost` and `is_byok` (SPEC §1.1, §5.3). Not
+        `billable`: the attempt generated nothing (cancelled before the upstream answered)."""
         ep = att.endpoint
         gen.endpoint = ep
         gen.model = ep.model_id  # a `models` fallback may have served another model
@@ -328,8 +330,8 @@ class Gateway:
         usage["completion_tokens"] = ct
         usage["total_tokens"] = pt + ct
         cost = micro_ceil(charge_pico(pt, ct, ep.prompt_price, ep.completion_price,
-                                      ep.request_price))
-        if att.is_byok:
+                                      ep.request_price)) if billable else 0
+        if att.is_byok and billable:
             cost = self.billing.byok_charge(gen.caller, cost)
         gen.cost_micro = cost
         gen.is_byok = att.is_byok

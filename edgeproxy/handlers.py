@@ -24,7 +24,7 @@ from .ingress import anthropic_messages
 from .ingress.base import Codec, Decoded
 from .schema import ChatRequest, convert_chat
 from .streaming import SSEResponse
-from .transforms import CHARS_PER_TOKEN, estimate_tokens, middle_out
+from .transforms import CHARS_PER_TOKEN, estimate_tokens, media_chars, middle_out
 
 __all__ = [
     "GATEWAY",
@@ -87,14 +87,17 @@ def authorization(request: web.Request) -> str | None:
     return auth
 
 
-def estimate_prompt_tokens(req: ChatRequest) -> int:
-    """The prompt's size from its content (text at ~4 characters a token, a fixed count per image
-    or file), before the upstream says the real count: to filter on context length and reserve
-    credits. Tool definitions are part of the prompt too."""
+def estimate_prompt_tokens(decoded: Decoded) -> int:
+    """The prompt's size before the upstream says the real count, to filter on context length
+    and reserve credits: text at ~4 characters a token and a fixed count per image or file, tool
+    definitions included. Every other byte the client sent may reach the upstream too (a schema,
+    fields the gateway does not read), so the body less its inline media is a floor."""
+    req = decoded.route
     tokens = estimate_tokens(req.messages)
     if req.tools:
         tokens += -(-len(_encode(req.tools)) // CHARS_PER_TOKEN)
-    return tokens
+    rest = len(decoded.body) - media_chars(req.messages)
+    return max(tokens, rest // CHARS_PER_TOKEN)
 
 
 def auto_route(gw: Gateway, req: ChatRequest, caller: Caller, prompt_tokens: int) -> str:
@@ -135,7 +138,7 @@ def fit_context(gw: Gateway, decoded: Decoded, prompt_tokens: int) -> int:
     # The routing decisions already taken (auto router) stay with the trimmed request.
     trimmed.model, trimmed.models = req.model, req.models
     decoded.replace(doc, trimmed)
-    return estimate_prompt_tokens(trimmed)
+    return estimate_prompt_tokens(decoded)
 
 
 def embedding_endpoints(plan: routing.Plan) -> None:
@@ -153,7 +156,7 @@ async def serve(request: web.Request, codec: Codec) -> web.StreamResponse:
     decoded = codec.decode(body, request.headers)
     req = decoded.route
     validate(req, gw)
-    prompt_tokens = estimate_prompt_tokens(req)
+    prompt_tokens = estimate_prompt_tokens(decoded)
     rule = auto_route(gw, req, caller, prompt_tokens) if is_auto(req.model) else ""
     if decoded.kind == "embeddings":
         # The context limit holds per input, and the estimate is of all inputs together (for the
@@ -183,6 +186,8 @@ async def serve(request: web.Request, codec: Codec) -> web.StreamResponse:
         sink = SSEResponse(request, {ROUTE_HEADER: gen.route}, gw.cfg.server.keepalive_s)
         try:
             await pipeline.stream(gw, gen, decoded, plan, codec.stream_encoder(gen), sink)
+        except pipeline.ClientGone:
+            pass  # recorded as cancelled; nobody is left to answer
         finally:
             await sink.flowing()
         assert sink.response is not None

@@ -35,9 +35,13 @@ from .routing import Plan
 if TYPE_CHECKING:
     from .ingress.base import Decoded, StreamEncoder
 
-__all__ = ["Sink", "complete", "stream"]
+__all__ = ["ClientGone", "Sink", "complete", "stream"]
 
 T = TypeVar("T")
+
+
+class ClientGone(Exception):
+    """The client's connection closed under a write: handled like a cancellation."""
 
 
 class Sink(Protocol):
@@ -54,7 +58,9 @@ class Sink(Protocol):
 
     async def flowing(self) -> None: ...
 
-    async def write(self, data: bytes) -> None: ...
+    async def write(self, data: bytes) -> None:
+        """Raises ClientGone when the client has gone away."""
+        ...
 
     async def close(self) -> None: ...
 
@@ -119,14 +125,17 @@ class _Run:
                                    gen.provider)
             if self.current is not None and not self.committed:
                 gw.failed(self.current, late)
+            late.status = 408
             self.errors.append(late)
-        except asyncio.CancelledError:
+        except (asyncio.CancelledError, ClientGone):
             self.cancelled()
             raise
+        last = self.errors[-1]
         if self.committed:
             self.delivered()
-        last = self.errors[-1]
-        exc = last if self.committed else gw.final_error(self.errors, all_degraded)
+            gw.m_requests.inc((gen.model, last.provider, "stream_error"))
+            raise last
+        exc = gw.final_error(self.errors, all_degraded)
         status = str(exc.status) if isinstance(exc, EdgeproxyError) else "502"
         gw.m_requests.inc((gen.model, last.provider, status))
         raise exc
@@ -158,8 +167,9 @@ class _Run:
         gen, att = self.gen, self.current
         gen.cancelled = True
         if att is not None and gen.usage is None:
+            # Before the upstream answered nothing was generated: recorded, free.
             usage = self.usage if self.answered else {"prompt_tokens": 0, "completion_tokens": 0}
-            self.gw.finish_usage(gen, att, usage, self.text_chars)
+            self.gw.finish_usage(gen, att, usage, self.text_chars, billable=self.answered)
             self.gw.record(gen)
         self.gw.m_requests.inc((gen.model, gen.provider, "cancelled"))
 
@@ -186,6 +196,8 @@ async def complete(gw: Gateway, gen: Generation, req: Decoded, plan: Plan) -> di
         if choices:
             gen.finish_reason = choices[0].get("finish_reason")
             gen.native_finish_reason = choices[0].get("native_finish_reason")
+            if not isinstance(out.get("usage"), dict):  # to estimate what was generated
+                run.text_chars = sum(len(_text(c)) for c in choices)
         out["usage"] = run.served(att, out.get("usage"), 0.0, elapsed)
         if req.kind == "chat":
             out["id"] = gen.id
@@ -234,7 +246,7 @@ async def stream(
             out.append(chunk)
         return out
 
-    async def attempt(att: Attempt) -> None:
+    async def attempt(att: Attempt) -> dict[str, Any]:
         name = att.endpoint.provider
         gen.model = att.endpoint.model_id  # a `models` fallback may serve another model
         sink.waiting()
@@ -266,16 +278,24 @@ async def stream(
             resp.close()
         end = time.perf_counter()
         ttft = (first_byte or end) - att.started
-        usage = run.served(att, run.usage, ttft, end - (run.first_content or first_byte or end))
         gw.m_ttft.observe(ttft, (name,))
-        await sink.write(enc.finish(usage))
+        return run.served(att, run.usage, ttft, end - (run.first_content or first_byte or end))
 
     try:
-        await run.attempts(plan, req, attempt)
+        usage = await run.attempts(plan, req, attempt)
     except EdgeproxyError as exc:
         if not sink.started:
             raise
         # The 200 head is gone already: the failure travels as the dialect's error event.
         await sink.flowing()
         await sink.write(enc.error(exc))
+    else:
+        # Served, billed and recorded: the closing write is outside the deadline.
+        await sink.write(enc.finish(usage))
     await sink.close()
+
+
+def _text(choice: Any) -> str:
+    message = choice.get("message") if isinstance(choice, dict) else None
+    content = message.get("content") if isinstance(message, dict) else None
+    return content if isinstance(content, str) else ""

@@ -14,6 +14,8 @@ import asyncio
 
 from aiohttp import web
 
+from .pipeline import ClientGone
+
 __all__ = ["SSEResponse"]
 
 _COMMENT = b": EDGEPROXY PROCESSING\n\n"
@@ -64,17 +66,26 @@ class SSEResponse:
             task.cancel()
             try:
                 await task
-            except (asyncio.CancelledError, ConnectionError):
-                pass
+            except asyncio.CancelledError:
+                current = asyncio.current_task()
+                if current is not None and current.cancelling():
+                    raise  # the cancellation was (also) meant for this request: pass it on
+            except ClientGone:
+                pass  # the next write says so where it matters
 
     async def write(self, data: bytes) -> None:
-        if self.response is None:
-            resp = web.StreamResponse(status=200, headers=_SSE_HEADERS)
-            resp.headers.update(self._headers)
-            resp.enable_chunked_encoding()
-            await resp.prepare(self._request)
-            self.response = resp
-        await self.response.write(data)
+        try:
+            if self.response is None:
+                resp = web.StreamResponse(status=200, headers=_SSE_HEADERS)
+                resp.headers.update(self._headers)
+                resp.enable_chunked_encoding()
+                await resp.prepare(self._request)
+                self.response = resp
+            await self.response.write(data)
+        except ConnectionError:
+            # aiohttp's reset error is also a ClientError, which the pipeline takes for the
+            # upstream's: a client that went away must never count against a provider.
+            raise ClientGone from None
 
     async def close(self) -> None:
         await self.flowing()

@@ -28,7 +28,14 @@ from collections.abc import Callable, Sequence
 from functools import partial
 from typing import Any
 
-__all__ = ["CHARS_PER_TOKEN", "MARKER", "MESSAGE_OVERHEAD", "estimate_tokens", "middle_out"]
+__all__ = [
+    "CHARS_PER_TOKEN",
+    "MARKER",
+    "MESSAGE_OVERHEAD",
+    "estimate_tokens",
+    "media_chars",
+    "middle_out",
+]
 
 #: The rough rule of thumb the gateway uses everywhere before an upstream reports real counts.
 CHARS_PER_TOKEN = 4
@@ -78,6 +85,24 @@ def _message_chars(m: Any) -> tuple[int, int]:
         if isinstance(value, str):
             chars += len(value)
     return chars, extra
+
+
+def media_chars(messages: Sequence[Any]) -> int:
+    """Characters of inline media (base64 data URLs of images, files, audio) in the messages: the
+    part of a body that is not text to a tokenizer."""
+    total = 0
+    for m in messages:
+        content = m.get("content") if isinstance(m, dict) else m.content
+        if not isinstance(content, list):
+            continue
+        for part in content:
+            if isinstance(part, dict) and part.get("type") not in (None, "text"):
+                for value in part.values():
+                    if isinstance(value, dict):
+                        for inner in value.values():
+                            if isinstance(inner, str) and len(inner) > 256:
+                                total += len(inner)
+    return total
 
 
 def estimate_tokens(messages: Sequence[Any]) -> int:

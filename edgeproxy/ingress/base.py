@@ -41,7 +41,8 @@ class Decoded:
 
     `route` is the typed view of the OpenAI chat request. `doc`, when the codec built it, is the
     same request as a dict; the OpenAI chat codec leaves it to be parsed from `body` only when a
-    translating adapter asks (`as_dict()`), so the pass-through path never builds it. `native` names
+    translating adapter asks (`as_dict()`), so the pass-through path never builds it. `body` is the
+    client's bytes, whatever the dialect (their size bounds the prompt estimate). `native` names
     the upstream protocol that takes `body` unchanged but for the model ("" when none does).
     `kind` is what the upstream is asked for: "chat" or "embeddings".
     """
@@ -88,6 +89,7 @@ class Decoded:
         """A transform (middle-out) rewrote the request: the client's bytes no longer apply."""
         self.doc = doc
         self.route = route
+        self.body = b""
         self.native = ""
         self._openai = None
 

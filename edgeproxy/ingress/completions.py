@@ -116,7 +116,7 @@ class _CompletionsCodec:
         chat["messages"] = [{"role": "user", "content": prompt}]
         max_tokens = doc.get("max_tokens")
         chat["max_tokens"] = _DEFAULT_MAX_TOKENS if max_tokens is None else max_tokens
-        return from_dict(chat)
+        return from_dict(chat, body=body)
 
     def encode(self, result: dict[str, Any], gen: Generation) -> bytes:
         choices = [

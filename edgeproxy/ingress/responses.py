@@ -71,7 +71,8 @@ class ResponsesCodec:
     def decode(self, body: bytes, headers: Mapping[str, str]) -> Decoded:
         doc = load_object(body)
         chat = chat_request(doc)  # validates what the echo repeats
-        return from_dict(chat, echo={key: doc[key] for key in _ECHOED if doc.get(key) is not None})
+        echo = {key: doc[key] for key in _ECHOED if doc.get(key) is not None}
+        return from_dict(chat, body=body, echo=echo)
 
     def encode(self, result: dict[str, Any], gen: Generation) -> bytes:
         return orjson.dumps(response_object(result, gen))
@@ -183,7 +184,10 @@ def _add_item(item: Any, where: str, out: list[dict[str, Any]]) -> None:
     elif kind == "reasoning":
         pass  # the model's own earlier reasoning: chat has no field an upstream would take back
     elif kind == "item_reference":
-        raise BadRequest(_STATELESS.format(field=f"{where} (an item_reference)"))
+        # Clients that assume OpenAI stores their outputs (`store` defaults to true) refer back
+        # to them by id; the Vercel AI SDK does unless told `store: false`.
+        raise BadRequest(_STATELESS.format(field=f"{where} (an item_reference)")
+                         + " (with the Vercel AI SDK: providerOptions.openai.store = false)")
     else:
         raise BadRequest(f"{where}: input items of type {kind!r} are not supported; edgeproxy "
                          "offers messages and function calls only")

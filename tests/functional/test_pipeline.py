@@ -57,7 +57,8 @@ def test_overall_deadline_is_a_408_and_counts_against_the_endpoint(stack: Stack)
 
 def test_a_cancelled_whole_answer_is_recorded_as_cancelled(stack: Stack) -> None:
     sim = stack.sim(latency_ms=1500)
-    gw = keyed(stack, [("acme", sim, {"prompt": "5", "completion": "50"})])
+    # a per-request price too: nothing of it is due when nothing was generated
+    gw = keyed(stack, [("acme", sim, {"prompt": "5", "completion": "50", "request": "0.01"})])
     key = new_key(gw)["key"]
     with pytest.raises(httpx.ReadTimeout):
         httpx.post(gw.base_url + "/chat/completions", timeout=0.4,
@@ -111,3 +112,37 @@ def test_a_large_image_counts_as_an_image_not_as_its_base64(stack: Stack) -> Non
     r = httpx.post(gw.base_url + "/chat/completions", timeout=10, json={
         "model": "test/model", "messages": [{"role": "user", "content": "word " * 40_000}]})
     assert r.status_code == 400 and "context of 32000" in r.json()["error"]["message"]
+    # nor can a prompt hide in a field the gateway does not count: the body's size bounds it
+    schema = {"type": "object", "description": "word " * 40_000}
+    r = httpx.post(gw.base_url + "/chat/completions", timeout=10, json={
+        "model": "test/model", "messages": PROMPT,
+        "response_format": {"type": "json_schema", "json_schema": {"name": "x", "schema": schema}}})
+    assert r.status_code == 400 and "context of 32000" in r.json()["error"]["message"]
+
+
+def _reset_after_first_bytes(port: int, body: bytes) -> None:
+    """A client that reads the head of a stream, then drops the connection with a TCP reset."""
+    import socket
+    import struct
+
+    s = socket.create_connection(("127.0.0.1", port), timeout=5)
+    s.sendall(b"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json"
+              b"\r\nContent-Length: %d\r\n\r\n%s" % (len(body), body))
+    s.recv(256)
+    s.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+    s.close()
+
+
+def test_clients_that_go_away_never_count_against_the_provider(stack: Stack) -> None:
+    sim = stack.sim(max_reply_tokens=20_000)  # unpaced: the gateway is mid-write at the reset
+    gw = stack.gateway(config([("acme", sim, {"prompt": "1"})], routing={"min_failures": 2}))
+    body = orjson.dumps({"model": "test/model", "messages": PROMPT, "stream": True})
+    for _ in range(20):
+        _reset_after_first_bytes(gw.port, body)
+    _wait_for(lambda: sim.stats()["active"] == 0)
+    metrics = httpx.get(gw.url + "/metrics").text
+    assert 'outcome="error"' not in metrics and 'status="502"' not in metrics
+    assert httpx.get(gw.url + "/readyz").json()["degraded"] == []
+    r = httpx.post(gw.base_url + "/chat/completions", json={"model": "test/model",
+                                                            "messages": PROMPT})
+    assert r.status_code == 200
