@@ -8,7 +8,8 @@ from __future__ import annotations
 import asyncio
 import os
 import threading
-from collections.abc import Coroutine, Iterator
+from collections.abc import Coroutine, Generator, Iterable, Iterator
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -25,6 +26,8 @@ from edgeproxy.gateway import Gateway
 T = TypeVar("T")
 
 REQUIRE_SERVICES = os.environ.get("EDGEPROXY_REQUIRE_SERVICES") == "1"
+# One client for the simulators' control endpoints: a new httpx client costs ~70 ms (TLS setup).
+_HTTP = httpx.Client(timeout=30)
 _BASE_PATH = {"openai": "/v1", "anthropic": "/v1", "gemini": "/v1beta", "openai-responses": "/v1"}
 
 
@@ -54,13 +57,13 @@ class SimHandle:
         self.base_url = self.root + _BASE_PATH[protocol]
 
     def configure(self, **opts: Any) -> None:
-        httpx.post(self.root + "/_sim/config", json=opts).raise_for_status()
+        _HTTP.post(self.root + "/_sim/config", json=opts).raise_for_status()
 
     def requests(self) -> list[dict[str, Any]]:
-        return httpx.get(self.root + "/_sim/requests").json()
+        return _HTTP.get(self.root + "/_sim/requests").json()
 
     def stats(self) -> dict[str, Any]:
-        return httpx.get(self.root + "/_sim/stats").json()
+        return _HTTP.get(self.root + "/_sim/stats").json()
 
     def count(self) -> int:
         return int(self.stats()["requests"])
@@ -206,3 +209,126 @@ def pg_url(loop_thread: LoopThread) -> Iterator[str]:
         yield f"postgresql://postgres@127.0.0.1:5432/{name}"
     finally:
         loop_thread.run(run(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+
+
+# --------------------------------------------------------------------------- translation matrix
+# `make matrix` runs tests/functional/test_matrix.py with EDGEPROXY_MATRIX_OUT set: every test
+# marked matrix(ingress, protocol, aspect) reports its outcome, and the session ends by writing
+# the table (issue 10, "a translation matrix ... generated from those tests by one command").
+# Without the variable these hooks do nothing.
+
+MATRIX_OUT = "EDGEPROXY_MATRIX_OUT"
+MATRIX_ROWS = {  # ingress dialect -> the SDK call that speaks it
+    "chat": "openai `chat.completions`",
+    "completions": "openai `completions`",
+    "responses": "openai `responses`",
+    "messages": "anthropic `messages`",
+    "embeddings": "openai `embeddings`",
+}
+MATRIX_COLUMNS = ("openai", "anthropic", "gemini", "openai-responses")
+MATRIX_ASPECTS = {
+    "text": "a whole answer's text and finish reason, in the dialect's own fields and words "
+            "(embeddings: the vectors, in both encodings)",
+    "stream": "streamed text as the SDK's stream helper reassembles it, and the finish reason",
+    "tools": "a tool call in the dialect's form (name, JSON arguments), plain and streamed; "
+             "its result sent back reaches the upstream in the protocol's form",
+    "errors": "an upstream 400 (plain and streamed), an unknown model and an upstream 500 reach "
+              "the client as the dialect's error type and body",
+    "usage": "token counts in the dialect's usage fields and the gateway's cost, exact to the "
+             "micro-dollar from the endpoint's prices (plain and streamed), the same in "
+             "/generation",
+}
+_EMBED_ONLY_OPENAI = ("embeddings need an openai-protocol upstream; the gateway answers 404 "
+                      "(the errors cell tests it)")
+MATRIX_NOT_APPLICABLE = {  # (ingress, protocol or "*", aspect) -> why no test can exist
+    ("completions", "*", "tools"): "the legacy completions API has no tools",
+    ("embeddings", "*", "stream"): "embeddings are not streamed",
+    ("embeddings", "*", "tools"): "embeddings call no tools",
+    **{("embeddings", p, a): _EMBED_ONLY_OPENAI
+       for p in MATRIX_COLUMNS if p != "openai" for a in ("text", "usage")},
+}
+_RANK = {"passed": 0, "skipped": 1, "xfailed": 2, "failed": 3}
+_MATRIX = pytest.StashKey[dict[str, tuple[tuple[str, str, str], str, str]]]()
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_makereport(
+    item: pytest.Item, call: pytest.CallInfo[None]
+) -> Generator[None, pytest.TestReport, pytest.TestReport]:
+    """Keep the worst phase outcome of each matrix-marked test: (cell, outcome, note)."""
+    report = yield
+    marker = item.get_closest_marker("matrix")
+    if marker is None or not os.environ.get(MATRIX_OUT):
+        return report
+    if report.failed:
+        outcome, note = "failed", f"failed: `{item.nodeid}`"
+    elif report.skipped and hasattr(report, "wasxfail"):
+        outcome, note = "xfailed", f"known bug (xfail): {report.wasxfail}"
+    elif report.skipped:
+        reason = report.longrepr[2] if isinstance(report.longrepr, tuple) else report.longrepr
+        outcome, note = "skipped", f"skipped: {reason}"
+    else:
+        outcome, note = "passed", ""
+    results = item.config.stash.setdefault(_MATRIX, {})
+    seen = results.get(item.nodeid)
+    if seen is None or _RANK[outcome] > _RANK[seen[1]]:
+        ingress, protocol, aspect = marker.args
+        results[item.nodeid] = ((ingress, protocol, aspect), outcome, note)
+    return report
+
+
+def pytest_sessionfinish(session: pytest.Session) -> None:
+    out = os.environ.get(MATRIX_OUT)
+    results = session.config.stash.get(_MATRIX, {})
+    if out and results:
+        table = _matrix_table(results.values(), datetime.now(UTC).date().isoformat())
+        (session.config.rootpath / out).write_text(table, encoding="utf-8")
+
+
+def _matrix_table(results: Iterable[tuple[tuple[str, str, str], str, str]], day: str) -> str:
+    cells: dict[tuple[str, str, str], tuple[str, str]] = {}
+    for cell, outcome, note in results:  # a cell tested by several tests shows the worst
+        if cell not in cells or _RANK[outcome] > _RANK[cells[cell][0]]:
+            cells[cell] = (outcome, note)
+    notes: list[str] = []
+
+    def ref(note: str) -> str:
+        if note not in notes:
+            notes.append(note)
+        return f" [{notes.index(note) + 1}]"
+
+    def mark(ingress: str, protocol: str, aspect: str) -> str:
+        outcome, note = cells.get((ingress, protocol, aspect), ("", ""))
+        na = (MATRIX_NOT_APPLICABLE.get((ingress, protocol, aspect))
+              or MATRIX_NOT_APPLICABLE.get((ingress, "*", aspect)))
+        if not outcome:
+            return "n/a" + ref(na) if na else "–"
+        return {"passed": "✓", "failed": "✗", "xfailed": "✗", "skipped": "skipped"}[outcome] + (
+            ref(note) if note else "")
+
+    counts = {k: sum(o == k for o, _ in cells.values()) for k in _RANK}
+    lines = [
+        "# Translation matrix",
+        "",
+        "Every client dialect (rows) through every upstream protocol (columns). Each mark is the",
+        "outcome of tests in `tests/functional/test_matrix.py` that drive the running gateway",
+        "with the official SDK against a simulated provider of that protocol.",
+        "",
+        f"Regenerate with `make matrix` (do not edit by hand). Generated {day}.",
+        "",
+        "Legend: ✓ passed · ✗ failed (a known bug when its note says xfail) · n/a not applicable"
+        " (its note says why) · – not run · [n] see the notes below the table.",
+        "",
+        *(f"- **{name}**: {what}" for name, what in MATRIX_ASPECTS.items()),
+        "",
+        "| ingress \\ upstream | " + " | ".join(MATRIX_COLUMNS) + " |",
+        "|---" * (len(MATRIX_COLUMNS) + 1) + "|",
+    ]
+    for ingress, sdk in MATRIX_ROWS.items():
+        row = ["<br>".join(f"{a} {mark(ingress, p, a)}" for a in MATRIX_ASPECTS)
+               for p in MATRIX_COLUMNS]
+        lines.append(f"| **{ingress}** ({sdk}) | " + " | ".join(row) + " |")
+    lines += ["", f"Cells: {counts['passed']} ✓ · {counts['failed'] + counts['xfailed']} ✗ "
+              f"({counts['xfailed']} of them known bugs) · {counts['skipped']} skipped.", ""]
+    lines += [f"{n}. {note}" for n, note in enumerate(notes, 1)]
+    return "\n".join(lines) + "\n"
