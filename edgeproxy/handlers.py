@@ -93,11 +93,17 @@ def estimate_prompt_tokens(decoded: Decoded) -> int:
     definitions included. Every other byte the client sent may reach the upstream too (a schema,
     fields the gateway does not read), so the body less its inline media is a floor."""
     req = decoded.route
+    body = len(decoded.body)
+    for m in req.messages:
+        if type(m.content) is list:  # parts: maybe inline media, which the body's size overstates
+            break
+    else:
+        if body:  # all text: the body's size says as much as a count of its text would
+            return body // CHARS_PER_TOKEN
     tokens = estimate_tokens(req.messages)
     if req.tools:
         tokens += -(-len(_encode(req.tools)) // CHARS_PER_TOKEN)
-    rest = len(decoded.body) - media_chars(req.messages)
-    return max(tokens, rest // CHARS_PER_TOKEN)
+    return max(tokens, (body - media_chars(req.messages)) // CHARS_PER_TOKEN)
 
 
 def auto_route(gw: Gateway, req: ChatRequest, caller: Caller, prompt_tokens: int) -> str:

@@ -40,6 +40,10 @@ __all__ = ["ClientGone", "Sink", "complete", "stream"]
 T = TypeVar("T")
 
 
+class _Late(TimeoutError):
+    """The deadline passed during an attempt whose failure is already counted."""
+
+
 class ClientGone(Exception):
     """The client's connection closed under a write: handled like a cancellation."""
 
@@ -72,6 +76,7 @@ class _Run:
         "answered",
         "committed",
         "current",
+        "deadline",
         "errors",
         "first_content",
         "gen",
@@ -92,6 +97,7 @@ class _Run:
         self.text_chars = 0
         self.first_content = 0.0
         self.waited = 0.0  # seconds spent waiting on upstreams (the overhead metric)
+        self.deadline = 0.0  # loop time when the request must have finished
 
     async def attempts(
         self, plan: Plan, req: Decoded, attempt: Callable[[Attempt], Awaitable[T]]
@@ -101,8 +107,13 @@ class _Run:
         gw, gen = self.gw, self.gen
         # Degraded before this request's own failures: a 503 says none was available to begin with.
         all_degraded = gw.routes.is_degraded(plan.endpoints[0])
+        loop = asyncio.get_running_loop()
+        self.deadline = deadline = loop.time() + gw.cfg.server.request_timeout_s
         try:
-            async with asyncio.timeout(gw.cfg.server.request_timeout_s):
+            # A stream may stall between chunks for its idle timeout: the whole relay runs under
+            # the deadline. A whole answer is bounded by each attempt's own timeout, cut to the
+            # deadline (Upstreams.fetch): no timer of its own on that path (None: none armed).
+            async with asyncio.timeout_at(deadline if req.stream else None):
                 for n, ep in enumerate(plan.endpoints):
                     att = self.current = gw.prepare(gen, ep, req, req.stream)
                     self.answered = False
@@ -112,6 +123,9 @@ class _Run:
                         self.waited += time.perf_counter() - att.started
                         gw.failed(att, err)
                         self.errors.append(err)
+                        # (libuv fires timers at millisecond granularity, a hair early at times)
+                        if loop.time() >= deadline - 0.002:
+                            raise _Late from None
                         if self.committed or not err.retryable:
                             break
                         continue
@@ -119,13 +133,13 @@ class _Run:
                         gw.m_fallbacks.inc((gen.model,))
                     gw.m_requests.inc((gen.model, ep.provider, "200"))
                     return result
-        except TimeoutError:
+        except TimeoutError as exc:
             limit = gw.cfg.server.request_timeout_s
             late = UpstreamTimeout(f"the request did not finish within {limit:g} s",
                                    gen.provider)
-            if self.current is not None and not self.committed:
-                gw.failed(self.current, late)
             late.status = 408
+            if self.current is not None and not self.committed and not isinstance(exc, _Late):
+                gw.failed(self.current, late)
             self.errors.append(late)
         except (asyncio.CancelledError, ClientGone):
             self.cancelled()
@@ -135,10 +149,10 @@ class _Run:
             self.delivered()
             gw.m_requests.inc((gen.model, last.provider, "stream_error"))
             raise last
-        exc = gw.final_error(self.errors, all_degraded)
-        status = str(exc.status) if isinstance(exc, EdgeproxyError) else "502"
+        final = last if last.status == 408 else gw.final_error(self.errors, all_degraded)
+        status = str(final.status) if isinstance(final, EdgeproxyError) else "502"
         gw.m_requests.inc((gen.model, last.provider, status))
-        raise exc
+        raise final
 
     def served(self, att: Attempt, usage: dict[str, Any] | None, ttft_s: float,
                gen_s: float) -> dict[str, Any]:
@@ -181,15 +195,11 @@ async def complete(gw: Gateway, gen: Generation, req: Decoded, plan: Plan) -> di
 
     async def attempt(att: Attempt) -> dict[str, Any]:
         name = att.endpoint.provider
-        resp = await gw.upstreams.post(name, att.call)
-        run.answered = resp.status < 300
-        try:
-            data = await gw.upstreams.read(name, resp)
-        finally:
-            resp.release()
-        if resp.status >= 300:
-            raise gw.status_error(att, resp.status, data, resp.headers)
-        out = att.parse(resp.status, data)
+        status, headers, data = await gw.upstreams.fetch(name, att.call, run.deadline)
+        run.answered = status < 300
+        if status >= 300:
+            raise gw.status_error(att, status, data, headers)
+        out = att.parse(status, data)
         elapsed = time.perf_counter() - att.started
         run.waited += elapsed
         choices = out.get("choices")
@@ -250,7 +260,7 @@ async def stream(
         name = att.endpoint.provider
         gen.model = att.endpoint.model_id  # a `models` fallback may serve another model
         sink.waiting()
-        resp = await gw.upstreams.post(name, att.call)
+        resp = await gw.upstreams.post(name, att.call, run.deadline)
         run.answered = resp.status < 300
         try:
             if resp.status >= 300:

@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 
 import aiohttp
+from multidict import CIMultiDictProxy
 
 from .config import ProviderConfig
 from .errors import UpstreamConnectionError, UpstreamTimeout
@@ -58,15 +59,45 @@ class Upstreams:
             self._sessions[name] = s
         return s
 
-    async def post(self, name: str, call: UpstreamCall) -> aiohttp.ClientResponse:
-        """Send one attempt and wait for the response head (bounded by first_byte_timeout_s)."""
+    async def post(
+        self, name: str, call: UpstreamCall, deadline: float | None = None
+    ) -> aiohttp.ClientResponse:
+        """Send one attempt and wait for the response head, bounded by first_byte_timeout_s and
+        by the request's `deadline` (loop time), whichever comes first."""
         prov = self._providers[name]
         session = self.session(name)
+        when = asyncio.get_running_loop().time() + prov.first_byte_timeout_s
+        if deadline is not None and deadline < when:
+            when = deadline
         try:
-            async with asyncio.timeout(prov.first_byte_timeout_s):
+            async with asyncio.timeout_at(when):
                 return await session.post(
                     call.url, data=call.body, headers=call.headers, allow_redirects=False
                 )
+        except TimeoutError:
+            raise UpstreamTimeout(
+                f"{name}: no response within {prov.first_byte_timeout_s:g} s", name
+            ) from None
+        except aiohttp.ClientError as exc:
+            raise UpstreamConnectionError(f"{name}: {_describe(exc)}", name) from None
+
+    async def fetch(
+        self, name: str, call: UpstreamCall, deadline: float
+    ) -> tuple[int, CIMultiDictProxy[str], bytes]:
+        """A whole (non-streamed) answer: status, headers and body, all of it bounded as `post`
+        bounds the head: the answer comes whole once generated."""
+        prov = self._providers[name]
+        session = self.session(name)
+        when = min(asyncio.get_running_loop().time() + prov.first_byte_timeout_s, deadline)
+        try:
+            async with asyncio.timeout_at(when):
+                resp = await session.post(
+                    call.url, data=call.body, headers=call.headers, allow_redirects=False
+                )
+                try:
+                    return resp.status, resp.headers, await resp.read()
+                finally:
+                    resp.release()
         except TimeoutError:
             raise UpstreamTimeout(
                 f"{name}: no response within {prov.first_byte_timeout_s:g} s", name

@@ -15,8 +15,6 @@ cannot leak.
 from __future__ import annotations
 
 import asyncio
-import contextlib
-from collections.abc import AsyncIterator
 from functools import partial
 
 from .service import Billing, Caller, Reservation
@@ -24,22 +22,36 @@ from .service import Billing, Caller, Reservation
 __all__ = ["charge"]
 
 
-@contextlib.asynccontextmanager
-async def charge(billing: Billing, caller: Caller, amount: int) -> AsyncIterator[Reservation]:
-    """Hold `amount` micro-USD of the caller's room (402 when it cannot) for the block."""
-    if billing.shared is None:
-        reservation = await billing.reserve(caller, amount)  # in memory: it never suspends
-    else:
-        task = asyncio.ensure_future(billing.reserve(caller, amount))
-        try:
-            reservation = await asyncio.shield(task)
-        except asyncio.CancelledError:
-            task.add_done_callback(partial(_release_late, billing))
-            raise
-    try:
-        yield reservation
-    finally:
-        billing.release(reservation)
+class charge:  # lower case: it reads as a step, `async with charge(...)`
+    """Hold `amount` micro-USD of the caller's room (402 when it cannot) for the block. A class,
+    not a generator-based context manager: it is on every request's path."""
+
+    __slots__ = ("_amount", "_billing", "_caller", "_reservation")
+
+    def __init__(self, billing: Billing, caller: Caller, amount: int) -> None:
+        self._billing = billing
+        self._caller = caller
+        self._amount = amount
+        self._reservation: Reservation | None = None
+
+    async def __aenter__(self) -> Reservation:
+        billing = self._billing
+        if billing.shared is None:
+            # In memory the reservation never suspends: nothing to shield.
+            r = await billing.reserve(self._caller, self._amount)
+        else:
+            task = asyncio.ensure_future(billing.reserve(self._caller, self._amount))
+            try:
+                r = await asyncio.shield(task)
+            except asyncio.CancelledError:
+                task.add_done_callback(partial(_release_late, billing))
+                raise
+        self._reservation = r
+        return r
+
+    async def __aexit__(self, *exc: object) -> None:
+        assert self._reservation is not None
+        self._billing.release(self._reservation)
 
 
 def _release_late(billing: Billing, task: asyncio.Future[Reservation]) -> None:
