@@ -28,7 +28,7 @@ from ..errors import (
     UpstreamStatusError,
 )
 from ._openai_request import data_url, tool_arguments
-from .base import SSEParser, Target, UpstreamCall, json_object
+from .base import SSEParser, Target, UpstreamCall, json_object, translated
 
 __all__ = ["ANTHROPIC_VERSION", "AnthropicAdapter", "AnthropicStreamDecoder"]
 
@@ -106,15 +106,7 @@ class AnthropicAdapter:
     ) -> UpstreamCall:
         """POST {base_url}/messages with the translated body. Raises BadRequest (400) for what the
         Messages API cannot express (audio input, invalid tool-call arguments, unknown roles)."""
-        if not isinstance(req, dict):
-            raise BadRequest("the request body must be a JSON object")
-        try:
-            payload = orjson.dumps(build_messages_body(req, target, stream))
-        except EdgeproxyError:
-            raise
-        except (TypeError, ValueError, KeyError, AttributeError) as exc:
-            # A field of an unexpected type deep in the request: the client's fault, never a 500.
-            raise BadRequest(f"malformed request: {exc}") from None
+        payload = translated(req, lambda r: build_messages_body(r, target, stream))
         headers = {
             "x-api-key": target.api_key,
             "anthropic-version": ANTHROPIC_VERSION,

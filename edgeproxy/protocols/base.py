@@ -13,11 +13,12 @@ OpenAI's vocabulary and `native_finish_reason` the upstream's own) and `usage`. 
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any, NamedTuple, Protocol
 
 import orjson
 
-from ..errors import UpstreamProtocolError
+from ..errors import BadRequest, EdgeproxyError, UpstreamProtocolError
 
 __all__ = [
     "Adapter",
@@ -28,6 +29,7 @@ __all__ = [
     "Target",
     "UpstreamCall",
     "json_object",
+    "translated",
 ]
 
 
@@ -105,6 +107,19 @@ class Embedder(Adapter, Protocol):
     def parse_embeddings(self, status: int, data: bytes) -> dict[str, Any]:
         """A 2xx embeddings body -> the upstream's object (`data`, `usage`)."""
         ...
+
+
+def translated(req: dict[str, Any] | None, build: Callable[[dict[str, Any]], Any]) -> bytes:
+    """The JSON of `build(req)`, a translating adapter's body. A field of an unexpected type deep
+    in the request is the client's fault: a 400 (BadRequest), never a 500."""
+    if not isinstance(req, dict):
+        raise BadRequest("the request body must be a JSON object")
+    try:
+        return orjson.dumps(build(req))
+    except EdgeproxyError:
+        raise
+    except (TypeError, ValueError, KeyError, AttributeError) as exc:
+        raise BadRequest(f"malformed request: {exc}") from None
 
 
 def json_object(data: bytes, where: str) -> dict[str, Any]:

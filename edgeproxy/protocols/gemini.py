@@ -26,13 +26,12 @@ import orjson
 
 from ..errors import (
     BadRequest,
-    EdgeproxyError,
     UpstreamError,
     UpstreamProtocolError,
     UpstreamStatusError,
 )
 from ._openai_request import data_url, tool_arguments
-from .base import SSEParser, Target, UpstreamCall, json_object
+from .base import SSEParser, Target, UpstreamCall, json_object, translated
 
 __all__ = ["GeminiAdapter", "GeminiStreamDecoder", "clean_schema"]
 
@@ -122,15 +121,7 @@ class GeminiAdapter:
     ) -> UpstreamCall:
         """POST {base_url}/models/{model}:generateContent (or :streamGenerateContent?alt=sse).
         Raises BadRequest (400) for what Gemini cannot express."""
-        if not isinstance(req, dict):
-            raise BadRequest("the request body must be a JSON object")
-        try:
-            payload = orjson.dumps(build_generate_body(req))
-        except EdgeproxyError:
-            raise
-        except (TypeError, ValueError, KeyError, AttributeError) as exc:
-            # A field of an unexpected type deep in the request: the client's fault, never a 500.
-            raise BadRequest(f"malformed request: {exc}") from None
+        payload = translated(req, build_generate_body)
         model = target.model.removeprefix("models/")
         method = ":streamGenerateContent?alt=sse" if stream else ":generateContent"
         url = f"{target.base_url.rstrip('/')}/models/{quote(model, safe='-._~')}{method}"

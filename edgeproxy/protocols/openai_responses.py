@@ -33,7 +33,7 @@ from ..errors import (
     UpstreamStatusError,
 )
 from ._openai_request import tool_arguments
-from .base import SSEParser, Target, UpstreamCall, json_object
+from .base import SSEParser, Target, UpstreamCall, json_object, translated
 from .openai import error_message
 
 __all__ = ["ResponsesAdapter", "ResponsesStreamDecoder", "build_responses_body", "parse_response"]
@@ -70,15 +70,7 @@ class ResponsesAdapter:
     ) -> UpstreamCall:
         """POST {base_url}/responses with the translated body. Raises BadRequest (400) for what the
         Responses API cannot express (audio input, invalid tool-call arguments, unknown roles)."""
-        if not isinstance(req, dict):
-            raise BadRequest("the request body must be a JSON object")
-        try:
-            payload = orjson.dumps(build_responses_body(req, target, stream))
-        except EdgeproxyError:
-            raise
-        except (TypeError, ValueError, KeyError, AttributeError) as exc:
-            # A field of an unexpected type deep in the request: the client's fault, never a 500.
-            raise BadRequest(f"malformed request: {exc}") from None
+        payload = translated(req, lambda r: build_responses_body(r, target, stream))
         headers = {"Content-Type": "application/json"}
         if target.api_key:
             headers["Authorization"] = "Bearer " + target.api_key
