@@ -3,7 +3,7 @@ PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
 
-.PHONY: install demo test lint bench clean
+.PHONY: install demo test matrix lint bench clean
 
 $(VENV)/.installed: pyproject.toml setup.py edgeproxy/_fastroute.pyx edgeproxy/_fastroute.pxd
 	$(PYTHON) -m venv $(VENV)
@@ -20,6 +20,10 @@ demo: install
 test: install
 	EDGEPROXY_REQUIRE_EXTENSIONS=$${EDGEPROXY_REQUIRE_EXTENSIONS:-1} $(PY) -m pytest -q
 
+# The translation matrix (every ingress dialect x every upstream protocol) from its tests.
+matrix: install
+	EDGEPROXY_MATRIX_OUT=tests/translation_matrix.md $(PY) -m pytest -q tests/functional/test_matrix.py
+
 lint: install
 	$(VENV)/bin/ruff check edgeproxy tests bench
 	$(VENV)/bin/mypy
@@ -27,6 +31,7 @@ lint: install
 bench: install
 	$(PY) bench/bench_router.py
 	$(PY) bench/bench_proxy.py
+	$(PY) bench/bench_ingress.py
 
 clean:
 	rm -rf $(VENV) build *.egg-info edgeproxy/_fastroute.c edgeproxy/*.so
