@@ -90,7 +90,7 @@ def _canonical(req: dict[str, Any], *, require_max_tokens: bool) -> dict[str, An
     if not isinstance(raw, list) or not raw:
         raise BadRequest("messages: at least one message is required")
     for i, msg in enumerate(raw):
-        messages.extend(_message(msg, i))
+        _message(msg, i, messages)
     out["messages"] = messages
     max_tokens = req.get("max_tokens")
     if max_tokens is None:
@@ -154,7 +154,8 @@ def _text_part(block: dict[str, Any]) -> dict[str, Any]:
     text = block.get("text")
     if not isinstance(text, str):
         raise BadRequest("a text block needs a string `text`")
-    return _cached({"type": "text", "text": text}, block)
+    part = {"type": "text", "text": text}
+    return _cached(part, block) if "cache_control" in block else part
 
 
 def _cached(part: dict[str, Any], block: dict[str, Any]) -> dict[str, Any]:
@@ -167,101 +168,114 @@ def _cached(part: dict[str, Any], block: dict[str, Any]) -> dict[str, Any]:
 
 def _content(parts: list[dict[str, Any]]) -> str | list[dict[str, Any]]:
     """Plain text parts as one string (what every upstream takes); parts with more as parts."""
-    if all(p["type"] == "text" and len(p) == 2 for p in parts):
-        return "".join(p["text"] for p in parts)
-    return parts
+    for p in parts:
+        if p["type"] != "text" or len(p) != 2:
+            return parts
+    return parts[0]["text"] if len(parts) == 1 else "".join([p["text"] for p in parts])
 
 
-def _message(msg: Any, i: int) -> list[dict[str, Any]]:
-    """One Messages turn -> the OpenAI messages it holds (a user turn's tool results become tool
-    messages, which OpenAI wants right after the assistant message that made the calls)."""
+def _where(at: tuple[int, ...]) -> str:
+    """The location of block `at` for an error message: messages.<i>.content.<j>, and
+    .content.<k> for a block inside a tool_result (built only when raising)."""
+    where = f"messages.{at[0]}.content.{at[1]}"
+    return where if len(at) == 2 else f"{where}.content.{at[2]}"
+
+
+def _message(msg: Any, i: int, out: list[dict[str, Any]]) -> None:
+    """One Messages turn -> the OpenAI messages it holds, appended to `out` (a user turn's tool
+    results become tool messages, which OpenAI wants right after the assistant message that made
+    the calls)."""
     role = msg.get("role") if isinstance(msg, dict) else None
-    if role not in ("user", "assistant"):
+    if role != "user" and role != "assistant":
         raise BadRequest(f"messages.{i}.role: Input should be 'user' or 'assistant'")
     content = msg.get("content")
     if isinstance(content, str):
-        return [{"role": role, "content": content}]
-    if not isinstance(content, list):
+        out.append({"role": role, "content": content})
+    elif not isinstance(content, list):
         raise BadRequest(f"messages.{i}.content: Input should be a string or a list of blocks")
-    if role == "assistant":
-        return _assistant(content, i)
-    results: list[dict[str, Any]] = []
-    parts: list[dict[str, Any]] = []
-    for j, block in enumerate(content):
-        where = f"messages.{i}.content.{j}"
-        if isinstance(block, dict) and block.get("type") == "tool_result":
-            results.append(_tool_result(block, where))
-        else:
-            parts.append(_part(block, where))
-    if parts:
-        results.append({"role": "user", "content": _content(parts)})
-    return results
+    elif role == "assistant":
+        _assistant(content, i, out)
+    else:
+        parts: list[dict[str, Any]] = []
+        for j, block in enumerate(content):
+            kind = block.get("type") if isinstance(block, dict) else None
+            if kind == "text":  # the common block, first
+                parts.append(_text_part(block))
+            elif kind == "tool_result":
+                out.append(_tool_result(block, (i, j)))
+            else:
+                parts.append(_part(block, kind, (i, j)))
+        if parts:
+            out.append({"role": "user", "content": _content(parts)})
 
 
-def _part(block: Any, where: str) -> dict[str, Any]:
-    """A user content block -> an OpenAI content part."""
-    kind = block.get("type") if isinstance(block, dict) else None
+def _part(block: Any, kind: Any, at: tuple[int, ...]) -> dict[str, Any]:
+    """A user content block of type `kind` -> an OpenAI content part."""
     if kind == "text":
         return _text_part(block)
     if kind == "image":
-        return _cached({"type": "image_url", "image_url": {"url": _image_url(block, where)}}, block)
+        return _cached({"type": "image_url", "image_url": {"url": _image_url(block, at)}}, block)
     if kind == "document":
-        return _cached(_document(block, where), block)
-    raise BadRequest(f"{where}: content blocks of type {kind!r} are not supported here")
+        return _cached(_document(block, at), block)
+    raise BadRequest(f"{_where(at)}: content blocks of type {kind!r} are not supported here")
 
 
-def _source(block: dict[str, Any], where: str) -> dict[str, Any]:
+def _source(block: dict[str, Any], at: tuple[int, ...]) -> dict[str, Any]:
     source = block.get("source")
     if not isinstance(source, dict):
-        raise BadRequest(f"{where}.source: Field required")
+        raise BadRequest(f"{_where(at)}.source: Field required")
     return source
 
 
-def _base64_url(source: dict[str, Any], where: str) -> str:
+def _base64_url(source: dict[str, Any], at: tuple[int, ...]) -> str:
     media_type, data = source.get("media_type"), source.get("data")
     if not isinstance(media_type, str) or not media_type or not isinstance(data, str) or not data:
-        raise BadRequest(f"{where}.source: a base64 source needs media_type and data")
+        raise BadRequest(f"{_where(at)}.source: a base64 source needs media_type and data")
     return f"data:{media_type};base64,{data}"
 
 
-def _image_url(block: dict[str, Any], where: str) -> str:
+def _image_url(block: dict[str, Any], at: tuple[int, ...]) -> str:
     # [vision] source {type: base64, media_type, data} | {type: url, url}; file ids need the
     # Files API, which the gateway does not offer.
-    source = _source(block, where)
+    source = _source(block, at)
     kind = source.get("type")
     if kind == "base64":
-        return _base64_url(source, where)
+        return _base64_url(source, at)
     if kind == "url" and isinstance(source.get("url"), str):
         return str(source["url"])
-    raise BadRequest(f"{where}.source: images need a base64 or url source")
+    raise BadRequest(f"{_where(at)}.source: images need a base64 or url source")
 
 
-def _document(block: dict[str, Any], where: str) -> dict[str, Any]:
+def _document(block: dict[str, Any], at: tuple[int, ...]) -> dict[str, Any]:
     # [pdf] a base64 PDF -> OpenAI's file part (a data URL); a plain-text source is text.
-    source = _source(block, where)
+    source = _source(block, at)
     kind = source.get("type")
     if kind == "base64":
         title = block.get("title")
         name = title if isinstance(title, str) and title else "document.pdf"
-        return {"type": "file", "file": {"filename": name, "file_data": _base64_url(source, where)}}
+        return {"type": "file", "file": {"filename": name, "file_data": _base64_url(source, at)}}
     if kind == "text" and isinstance(source.get("data"), str):
         return {"type": "text", "text": source["data"]}
-    raise BadRequest(f"{where}.source: documents need a base64 or text source")
+    raise BadRequest(f"{_where(at)}.source: documents need a base64 or text source")
 
 
-def _tool_result(block: dict[str, Any], where: str) -> dict[str, Any]:
+def _tool_result(block: dict[str, Any], at: tuple[int, ...]) -> dict[str, Any]:
     # [tools] tool_result {tool_use_id, content: string | text and image blocks, is_error}.
     call_id = block.get("tool_use_id")
     if not isinstance(call_id, str) or not call_id:
-        raise BadRequest(f"{where}.tool_use_id: Field required")
+        raise BadRequest(f"{_where(at)}.tool_use_id: Field required")
     raw = block.get("content")
     content: str | list[dict[str, Any]]
     if raw is None or isinstance(raw, str):
         content = raw or ""
     elif isinstance(raw, list):
-        content = _content([_part(b, f"{where}.content.{k}") for k, b in enumerate(raw)])
+        parts = []
+        for k, inner in enumerate(raw):
+            kind = inner.get("type") if isinstance(inner, dict) else None
+            parts.append(_part(inner, kind, (*at, k)))
+        content = _content(parts)
     else:
-        raise BadRequest(f"{where}.content: Input should be a string or a list of blocks")
+        raise BadRequest(f"{_where(at)}.content: Input should be a string or a list of blocks")
     if block.get("is_error") is True:
         # OpenAI's tool message has no error flag: the model learns of the failure from the text.
         if isinstance(content, str):
@@ -271,38 +285,38 @@ def _tool_result(block: dict[str, Any], where: str) -> dict[str, Any]:
     return {"role": "tool", "tool_call_id": call_id, "content": content}
 
 
-def _assistant(content: list[Any], i: int) -> list[dict[str, Any]]:
+def _assistant(content: list[Any], i: int, out: list[dict[str, Any]]) -> None:
     parts: list[dict[str, Any]] = []
     calls: list[dict[str, Any]] = []
     for j, block in enumerate(content):
-        where = f"messages.{i}.content.{j}"
         kind = block.get("type") if isinstance(block, dict) else None
         if kind == "text":
             parts.append(_text_part(block))
         elif kind == "tool_use":
-            calls.append(_tool_call(block, where))
+            calls.append(_tool_call(block, (i, j)))
         elif kind in ("thinking", "redacted_thinking"):
             # [thinking] earlier thinking blocks are dropped from the canonical form: OpenAI chat
             # has no field that carries their signatures back (issue 12 keeps them). A native
             # Anthropic upstream still receives them, in the client's own bytes.
             continue
         else:
-            raise BadRequest(f"{where}: content blocks of type {kind!r} are not supported here")
-    out: dict[str, Any] = {"role": "assistant", "content": _content(parts) if parts else None}
+            raise BadRequest(
+                f"{_where((i, j))}: content blocks of type {kind!r} are not supported here")
     if calls:
-        out["tool_calls"] = calls
-    elif not parts:
-        return []  # a turn of thinking only: nothing an OpenAI message can hold
-    return [out]
+        out.append({"role": "assistant", "content": _content(parts) if parts else None,
+                    "tool_calls": calls})
+    elif parts:
+        out.append({"role": "assistant", "content": _content(parts)})
+    # else a turn of thinking only: nothing an OpenAI message can hold
 
 
-def _tool_call(block: dict[str, Any], where: str) -> dict[str, Any]:
+def _tool_call(block: dict[str, Any], at: tuple[int, ...]) -> dict[str, Any]:
     # [tools] tool_use {id, name, input: object} -> a function call, arguments as a JSON string.
     call_id, name, args = block.get("id"), block.get("name"), block.get("input", {})
     if not isinstance(call_id, str) or not call_id or not isinstance(name, str) or not name:
-        raise BadRequest(f"{where}: a tool_use block needs an id and a name")
+        raise BadRequest(f"{_where(at)}: a tool_use block needs an id and a name")
     if not isinstance(args, dict):
-        raise BadRequest(f"{where}.input: Input should be an object")
+        raise BadRequest(f"{_where(at)}.input: Input should be an object")
     return {
         "id": call_id,
         "type": "function",

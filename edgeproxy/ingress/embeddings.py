@@ -101,6 +101,8 @@ class _EmbeddingsCodec:
         usage = result["usage"]
         return orjson.dumps({
             "object": "list",
+            # The upstream's vectors as the JSON it sent (an orjson.Fragment: the adapter leaves
+            # them unparsed), written back as they are.
             "data": result["data"],
             "model": gen.model,
             "usage": {k: usage[k] for k in _USAGE},

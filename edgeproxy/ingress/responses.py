@@ -37,6 +37,7 @@ __all__ = ["CODEC", "ResponsesCodec", "ResponsesStreamEncoder"]
 _EXTRAS = ("models", "provider", "route", "transforms", "usage", "user", "session_id")
 # [create] fields with the same name and meaning in a chat request.
 _SAME = ("model", "stream", "temperature", "top_p", "metadata", "parallel_tool_calls")
+_COPIED = _SAME + _EXTRAS
 # [create] reasoning.effort, plus OpenRouter's own reasoning fields; `summary` has no chat twin.
 _REASONING_KEYS = ("effort", "max_tokens", "exclude", "enabled")
 _ROLES = ("user", "assistant", "system", "developer")
@@ -58,7 +59,6 @@ _ECHO_DEFAULTS: dict[str, Any] = {
     "top_p": None,
     "user": None,
 }
-_ECHOED = tuple(_ECHO_DEFAULTS)
 # [object] incomplete_details.reason for the chat finish reasons that end a response early.
 _INCOMPLETE = {"length": "max_output_tokens", "content_filter": "content_filter"}
 
@@ -71,7 +71,8 @@ class ResponsesCodec:
     def decode(self, body: bytes, headers: Mapping[str, str]) -> Decoded:
         doc = load_object(body)
         chat = chat_request(doc)  # validates what the echo repeats
-        echo = {key: doc[key] for key in _ECHOED if doc.get(key) is not None}
+        echo = {key: value for key, value in doc.items()
+                if value is not None and key in _ECHO_DEFAULTS}
         return from_dict(chat, body=body, echo=echo)
 
     def encode(self, result: dict[str, Any], gen: Generation) -> bytes:
@@ -108,9 +109,10 @@ def chat_request(doc: dict[str, Any]) -> dict[str, Any]:
         raise BadRequest("metadata must be an object")
     if doc.get("parallel_tool_calls") is not None and type(doc["parallel_tool_calls"]) is not bool:
         raise BadRequest("parallel_tool_calls must be a boolean")
-    for key in _SAME + _EXTRAS:
-        if doc.get(key) is not None:  # a null is an omission, as in the openai SDK's requests
-            out[key] = doc[key]
+    for key in _COPIED:
+        value = doc.get(key)
+        if value is not None:  # a null is an omission, as in the openai SDK's requests
+            out[key] = value
     limit = doc.get("max_output_tokens")
     if limit is not None:
         if type(limit) is not int or limit < 1:
@@ -145,7 +147,7 @@ def _messages(doc: dict[str, Any]) -> list[dict[str, Any]]:
         out.append({"role": "user", "content": raw})  # [create] a string input is one user turn
     elif isinstance(raw, list):
         for i, item in enumerate(raw):
-            _add_item(item, f"input[{i}]", out)
+            _add_item(item, i, out)
     elif raw is None:
         raise BadRequest("input is required: a string or an array of input items")
     else:
@@ -155,14 +157,33 @@ def _messages(doc: dict[str, Any]) -> list[dict[str, Any]]:
     return out
 
 
-def _add_item(item: Any, where: str, out: list[dict[str, Any]]) -> None:
-    """One input item -> chat messages appended to `out`."""
+def _path(where: tuple[str | int, ...]) -> str:
+    """An error's location from its segments: ("input", 0, "content", 1) -> input[0].content[1].
+    Locations are passed down as tuples and spelled out only when raising."""
+    text = ""
+    for seg in where:
+        text += f"[{seg}]" if isinstance(seg, int) else f".{seg}" if text else seg
+    return text
+
+
+def _add_item(item: Any, i: int, out: list[dict[str, Any]]) -> None:
+    """Input item `i` -> chat messages appended to `out`."""
     if not isinstance(item, dict):
-        raise BadRequest(f"{where} must be an object")
+        raise BadRequest(f"input[{i}] must be an object")
     kind = item.get("type", "message")  # [create] an "easy" input message may omit its type
-    if kind == "message":
-        out.append(_message(item, where))
-    elif kind == "function_call":
+    if kind == "message":  # the common item, first
+        role = item.get("role")
+        if role not in _ROLES:
+            raise BadRequest(f"input[{i}].role must be one of {', '.join(_ROLES)}")
+        content = item.get("content")
+        if isinstance(content, list):
+            content = _parts(content, i, "content")
+        elif not isinstance(content, str):
+            raise BadRequest(f"input[{i}].content must be a string or an array of content parts")
+        out.append({"role": role, "content": content})
+        return
+    where = ("input", i)
+    if kind == "function_call":
         call = {"id": _string(item, "call_id", where), "type": "function",
                 "function": {"name": _string(item, "name", where),
                              "arguments": _string(item, "arguments", where, empty=True)}}
@@ -176,9 +197,9 @@ def _add_item(item: Any, where: str, out: list[dict[str, Any]]) -> None:
     elif kind == "function_call_output":
         output = item.get("output")
         if isinstance(output, list):
-            output = _parts(output, f"{where}.output")
+            output = _parts(output, i, "output")
         elif not isinstance(output, str):
-            raise BadRequest(f"{where}.output must be a string or an array of content parts")
+            raise BadRequest(f"input[{i}].output must be a string or an array of content parts")
         out.append({"role": "tool", "tool_call_id": _string(item, "call_id", where),
                     "content": output})
     elif kind == "reasoning":
@@ -186,43 +207,35 @@ def _add_item(item: Any, where: str, out: list[dict[str, Any]]) -> None:
     elif kind == "item_reference":
         # Clients that assume OpenAI stores their outputs (`store` defaults to true) refer back
         # to them by id; the Vercel AI SDK does unless told `store: false`.
-        raise BadRequest(_STATELESS.format(field=f"{where} (an item_reference)")
+        raise BadRequest(_STATELESS.format(field=f"input[{i}] (an item_reference)")
                          + " (with the Vercel AI SDK: providerOptions.openai.store = false)")
     else:
-        raise BadRequest(f"{where}: input items of type {kind!r} are not supported; edgeproxy "
-                         "offers messages and function calls only")
+        raise BadRequest(f"input[{i}]: input items of type {kind!r} are not supported; "
+                         "edgeproxy offers messages and function calls only")
 
 
-def _message(item: dict[str, Any], where: str) -> dict[str, Any]:
-    role = item.get("role")
-    if role not in _ROLES:
-        raise BadRequest(f"{where}.role must be one of {', '.join(_ROLES)}")
-    content = item.get("content")
-    if isinstance(content, list):
-        content = _parts(content, f"{where}.content")
-    elif not isinstance(content, str):
-        raise BadRequest(f"{where}.content must be a string or an array of content parts")
-    return {"role": role, "content": content}
-
-
-def _parts(parts: list[Any], where: str) -> list[dict[str, Any]]:
-    """[create] input content parts (and the output parts of a replayed assistant message) ->
-    chat content parts."""
+def _parts(parts: list[Any], i: int, field: str) -> list[dict[str, Any]]:
+    """[create] input content parts (and the output parts of a replayed assistant message), those
+    of input[i].<field> -> chat content parts."""
     out: list[dict[str, Any]] = []
     for j, part in enumerate(parts):
-        at = f"{where}[{j}]"
-        if not isinstance(part, dict):
-            raise BadRequest(f"{at} must be an object")
-        kind = part.get("type")
-        if kind in ("input_text", "output_text"):
-            out.append({"type": "text", "text": _string(part, "text", at, empty=True)})
+        kind = part.get("type") if isinstance(part, dict) else None
+        if kind == "input_text" or kind == "output_text":  # the common part, first
+            text = part.get("text")
+            if not isinstance(text, str):
+                raise BadRequest(f"input[{i}].{field}[{j}].text must be a string")
+            out.append({"type": "text", "text": text})
+        elif not isinstance(part, dict):
+            raise BadRequest(f"input[{i}].{field}[{j}] must be an object")
         elif kind == "refusal":
-            out.append({"type": "refusal", "refusal": _string(part, "refusal", at, empty=True)})
+            out.append({"type": "refusal",
+                        "refusal": _string(part, "refusal", ("input", i, field, j), empty=True)})
         elif kind == "input_image":
             url = part.get("image_url")
             if not isinstance(url, str):
-                raise BadRequest(f"{at}: input_image needs image_url, a URL or a base64 data URL "
-                                 "(file ids are not supported: edgeproxy stores no files)")
+                raise BadRequest(f"input[{i}].{field}[{j}]: input_image needs image_url, a URL or "
+                                 "a base64 data URL (file ids are not supported: edgeproxy "
+                                 "stores no files)")
             image = {"url": url}
             if isinstance(part.get("detail"), str):
                 image["detail"] = part["detail"]
@@ -231,25 +244,29 @@ def _parts(parts: list[Any], where: str) -> list[dict[str, Any]]:
             # Chat's `file` part takes a data URL in file_data (OpenRouter's also a plain URL).
             data = part.get("file_data", part.get("file_url"))
             if not isinstance(data, str):
-                raise BadRequest(f"{at}: input_file needs file_data, a base64 data URL "
-                                 "(file ids are not supported: edgeproxy stores no files)")
+                raise BadRequest(f"input[{i}].{field}[{j}]: input_file needs file_data, a base64 "
+                                 "data URL (file ids are not supported: edgeproxy stores no "
+                                 "files)")
             file = {"file_data": data}
             if isinstance(part.get("filename"), str):
                 file["filename"] = part["filename"]
             out.append({"type": "file", "file": file})
         elif kind == "input_audio":
             if not isinstance(part.get("input_audio"), dict):
-                raise BadRequest(f"{at}: input_audio needs an input_audio object")
+                raise BadRequest(
+                    f"input[{i}].{field}[{j}]: input_audio needs an input_audio object")
             out.append({"type": "input_audio", "input_audio": part["input_audio"]})
         else:
-            raise BadRequest(f"{at}: content parts of type {kind!r} are not supported")
+            raise BadRequest(
+                f"input[{i}].{field}[{j}]: content parts of type {kind!r} are not supported")
     return out
 
 
-def _string(obj: dict[str, Any], key: str, where: str, empty: bool = False) -> str:
+def _string(obj: dict[str, Any], key: str, where: tuple[str | int, ...],
+            empty: bool = False) -> str:
     value = obj.get(key)
     if not isinstance(value, str) or not (value or empty):
-        raise BadRequest(f"{where}.{key} must be a {'' if empty else 'non-empty '}string")
+        raise BadRequest(f"{_path(where)}.{key} must be a {'' if empty else 'non-empty '}string")
     return value
 
 
@@ -267,10 +284,11 @@ def _tools(raw: Any) -> list[dict[str, Any]]:
             raise BadRequest(f"tools[{j}]: tools of type {kind!r} are not offered by edgeproxy; "
                              "only function tools are (hosted tools such as web_search, "
                              "file_search or computer use run on OpenAI's servers only)")
-        function = {"name": _string(tool, "name", f"tools[{j}]")}
+        function = {"name": _string(tool, "name", ("tools", j))}
         for key in ("description", "parameters", "strict"):
-            if tool.get(key) is not None:
-                function[key] = tool[key]
+            value = tool.get(key)
+            if value is not None:
+                function[key] = value
         out.append({"type": "function", "function": function})
     return out
 
@@ -280,7 +298,7 @@ def _tool_choice(choice: Any) -> Any:
     if choice in ("none", "auto", "required"):
         return choice
     if isinstance(choice, dict) and choice.get("type") == "function":
-        return {"type": "function", "function": {"name": _string(choice, "name", "tool_choice")}}
+        return {"type": "function", "function": {"name": _string(choice, "name", ("tool_choice",))}}
     raise BadRequest('tool_choice must be "none", "auto", "required" or '
                      '{"type": "function", "name": ...}')
 
@@ -303,7 +321,8 @@ def _response_format(text: Any) -> dict[str, Any] | None:
         schema = fmt.get("schema")
         if not isinstance(schema, dict):
             raise BadRequest("text.format.schema must be a JSON Schema object")
-        spec: dict[str, Any] = {"name": _string(fmt, "name", "text.format"), "schema": schema}
+        spec: dict[str, Any] = {"name": _string(fmt, "name", ("text", "format")),
+                                "schema": schema}
         for key in ("description", "strict"):
             if fmt.get(key) is not None:
                 spec[key] = fmt[key]
@@ -531,7 +550,7 @@ class ResponsesStreamEncoder:
         fields["type"] = kind
         fields["sequence_number"] = self._seq
         self._seq += 1
-        out.append(b"event: " + kind.encode() + b"\ndata: " + orjson.dumps(fields) + b"\n\n")
+        out.extend((b"event: ", kind.encode(), b"\ndata: ", orjson.dumps(fields), b"\n\n"))
 
     def _open(self, out: list[bytes]) -> None:
         if not self._started:

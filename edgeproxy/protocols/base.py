@@ -105,7 +105,8 @@ class Embedder(Adapter, Protocol):
     def build_embeddings(self, body: bytes, target: Target) -> UpstreamCall: ...
 
     def parse_embeddings(self, status: int, data: bytes) -> dict[str, Any]:
-        """A 2xx embeddings body -> the upstream's object (`data`, `usage`)."""
+        """A 2xx embeddings body -> {"data": the upstream's vectors as raw JSON (an orjson
+        Fragment, written back as they came), "usage": {...}}."""
         ...
 
 

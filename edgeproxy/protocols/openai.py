@@ -13,7 +13,7 @@ import msgspec
 import orjson
 
 from ..errors import UpstreamProtocolError, UpstreamStatusError
-from .base import SSEParser, Target, UpstreamCall, json_object
+from .base import SSEParser, Target, UpstreamCall
 
 __all__ = ["OpenAIAdapter", "error_message"]
 
@@ -81,17 +81,26 @@ class OpenAIAdapter:
         return _post("/embeddings", _members(body, target), target)
 
     def parse_embeddings(self, status: int, data: bytes) -> dict[str, Any]:
-        """The upstream's embeddings object, untouched but for `usage.completion_tokens`: an
-        embedding generates none, and billing reads it (SPEC §5.3: per input token)."""
-        doc = json_object(data, "upstream embeddings answer")
-        if not isinstance(doc.get("data"), list):
+        """The upstream's embeddings object: `data` as the JSON the upstream sent (an
+        orjson.Fragment, never parsed: four vectors of 1536 floats are ~80 KB) and `usage`, which
+        billing reads (SPEC §5.3: per input token), with `completion_tokens` set to 0: an
+        embedding generates none."""
+        where = "upstream embeddings answer"
+        try:
+            top = _top_decoder.decode(data)
+        except msgspec.ValidationError:
+            raise UpstreamProtocolError(f"{where} is not a JSON object") from None
+        except msgspec.DecodeError:
+            raise UpstreamProtocolError(f"{where} is not valid JSON") from None
+        vectors = top.get("data")
+        if vectors is None or memoryview(vectors)[:1] != b"[":
             raise UpstreamProtocolError(
-                "upstream embeddings answer has no data list",
-                raw=data[:500].decode("utf-8", "replace"),
-            )
-        usage = doc.get("usage")
-        if isinstance(usage, dict):
-            usage["completion_tokens"] = 0
+                f"{where} has no data list", raw=data[:500].decode("utf-8", "replace"))
+        doc: dict[str, Any] = {"data": orjson.Fragment(bytes(vectors))}
+        if "usage" in top:
+            usage = doc["usage"] = msgspec.json.decode(top["usage"])
+            if isinstance(usage, dict):
+                usage["completion_tokens"] = 0
         return doc
 
     def parse_response(self, status: int, data: bytes) -> dict[str, Any]:
