@@ -136,6 +136,9 @@ Demo key (an account with $10 of credits): {key}
                                      messages=[{{"role": "user", "content": "Hello!"}}])
   print(r.choices[0].message.content, r.provider, r.usage.cost)
 
+  # the same key on every dialect: client.responses.create(model=..., input="Hello!"),
+  # anthropic.Anthropic(base_url="{base}", api_key="{key}").messages.create(...),
+  # client.completions.create(...), client.embeddings.create(...) (openai-protocol models)
   # credits left: curl {base}/v1/credits -H 'Authorization: Bearer {key}'
 
 Models: {", ".join(_DEMO_MODELS)}
