@@ -28,7 +28,7 @@ from ..errors import (
     UpstreamStatusError,
 )
 from ._openai_request import data_url, tool_arguments
-from .base import SSEParser, Target, UpstreamCall, json_object, translated
+from .base import SSEParser, Target, UpstreamCall, count_at, json_object, str_at, translated
 
 __all__ = ["ANTHROPIC_VERSION", "AnthropicAdapter", "AnthropicStreamDecoder"]
 
@@ -476,19 +476,11 @@ def _response_format(
 
 
 def _str(obj: dict[str, Any], key: str) -> str:
-    value = obj.get(key)
-    if not isinstance(value, str):
-        raise UpstreamProtocolError(f"anthropic: `{key}` missing or not a string")
-    return value
+    return str_at(obj, key, "anthropic")
 
 
 def _count(obj: dict[str, Any], key: str) -> int:
-    value = obj.get(key)
-    if value is None:
-        return 0
-    if type(value) is not int or value < 0:
-        raise UpstreamProtocolError(f"anthropic: usage.{key} is not a token count")
-    return value
+    return count_at(obj, key, "anthropic: usage")
 
 
 def _usage(u: dict[str, Any]) -> dict[str, Any]:

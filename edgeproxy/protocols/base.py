@@ -28,7 +28,9 @@ __all__ = [
     "StreamDecoder",
     "Target",
     "UpstreamCall",
+    "count_at",
     "json_object",
+    "str_at",
     "translated",
 ]
 
@@ -121,6 +123,25 @@ def translated(req: dict[str, Any] | None, build: Callable[[dict[str, Any]], Any
         raise
     except (TypeError, ValueError, KeyError, AttributeError) as exc:
         raise BadRequest(f"malformed request: {exc}") from None
+
+
+def count_at(obj: Any, key: str, where: str) -> int:
+    """A token count of an upstream's usage object (absent: 0); `where` names the object in the
+    error (e.g. "anthropic: usage")."""
+    value = obj.get(key) if isinstance(obj, dict) else None
+    if value is None:
+        return 0
+    if type(value) is not int or value < 0:
+        raise UpstreamProtocolError(f"{where}.{key} is not a token count")
+    return value
+
+
+def str_at(obj: dict[str, Any], key: str, where: str) -> str:
+    """A required string member of an upstream's object."""
+    value = obj.get(key)
+    if not isinstance(value, str):
+        raise UpstreamProtocolError(f"{where}: `{key}` missing or not a string")
+    return value
 
 
 def json_object(data: bytes, where: str) -> dict[str, Any]:

@@ -31,7 +31,7 @@ from ..errors import (
     UpstreamStatusError,
 )
 from ._openai_request import data_url, tool_arguments
-from .base import SSEParser, Target, UpstreamCall, json_object, translated
+from .base import SSEParser, Target, UpstreamCall, count_at, json_object, translated
 
 __all__ = ["GeminiAdapter", "GeminiStreamDecoder", "clean_schema"]
 
@@ -533,12 +533,7 @@ class _SchemaCleaner:
 
 
 def _count(meta: dict[str, Any], key: str) -> int:
-    value = meta.get(key)
-    if value is None:
-        return 0
-    if type(value) is not int or value < 0:
-        raise UpstreamProtocolError(f"gemini: usageMetadata.{key} is not a token count")
-    return value
+    return count_at(meta, key, "gemini: usageMetadata")
 
 
 def _usage(meta: dict[str, Any]) -> dict[str, Any]:

@@ -33,7 +33,7 @@ from ..errors import (
     UpstreamStatusError,
 )
 from ._openai_request import tool_arguments
-from .base import SSEParser, Target, UpstreamCall, json_object, translated
+from .base import SSEParser, Target, UpstreamCall, count_at, json_object, str_at, translated
 from .openai import error_message
 
 __all__ = ["ResponsesAdapter", "ResponsesStreamDecoder", "build_responses_body", "parse_response"]
@@ -372,10 +372,7 @@ def _reasoning(req: dict[str, Any]) -> dict[str, Any]:
 
 
 def _str(obj: dict[str, Any], key: str) -> str:
-    value = obj.get(key)
-    if not isinstance(value, str):
-        raise UpstreamProtocolError(f"openai-responses: `{key}` missing or not a string")
-    return value
+    return str_at(obj, key, "openai-responses")
 
 
 def _list(obj: dict[str, Any], key: str) -> list[Any]:
@@ -388,12 +385,7 @@ def _list(obj: dict[str, Any], key: str) -> list[Any]:
 
 
 def _count(obj: Any, key: str) -> int:
-    value = obj.get(key) if isinstance(obj, dict) else None
-    if value is None:
-        return 0
-    if type(value) is not int or value < 0:
-        raise UpstreamProtocolError(f"openai-responses: usage {key} is not a token count")
-    return value
+    return count_at(obj, key, "openai-responses: usage")
 
 
 def _usage(u: Any) -> dict[str, Any]:
