@@ -16,21 +16,8 @@ import pytest
 
 from edgeproxy import simulate
 from tests.conftest import SimHandle, Stack, config
-
-WEATHER = {
-    "type": "function",
-    "function": {
-        "name": "get_weather",
-        "description": "Current weather of a city",
-        "parameters": {
-            "type": "object",
-            "properties": {"city": {"type": "string"}, "days": {"type": "integer"}},
-            "required": ["city"],
-        },
-    },
-}
-PIXEL = ("data:image/png;base64,iVBORw0KGgoAAAANSUhEUgAAAAEAAAABCAYAAAAfFcSJAAAADUlEQVR42mP8z8BQ"
-         "DwAEhQGAhKmMIQAAAABJRU5ErkJggg==")
+from tests.functional.test_translation import PIXEL
+from tests.functional.test_translation import WEATHER_TOOL as WEATHER
 
 
 def gateway_for(stack: Stack, **sim_opts: Any) -> tuple[SimHandle, openai.OpenAI]:
