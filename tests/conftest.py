@@ -158,6 +158,16 @@ def loop_thread() -> Iterator[LoopThread]:
 
 
 @pytest.fixture
+def redis_server(tmp_path: Path) -> Iterator[tuple[str, Any]]:
+    """A redis-server of the test's own (tests.nodes.RedisServer): (url, process)."""
+    from tests.nodes import RedisServer
+
+    server = RedisServer(tmp_path)
+    yield server.url, server.proc
+    server.kill()
+
+
+@pytest.fixture
 def stack(
     loop_thread: LoopThread, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
 ) -> Iterator[Stack]:

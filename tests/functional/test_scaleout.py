@@ -6,120 +6,22 @@ from __future__ import annotations
 
 import asyncio
 import os
-import shutil
 import signal
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
-from pathlib import Path
 
 import httpx
-import pytest
 
-from tests.conftest import REQUIRE_SERVICES, Stack
-from tests.functional.test_cli import free_port
-
-ADMIN = "scaleout-admin"
-PROMPT = [{"role": "user", "content": "hello"}]
-
-
-@pytest.fixture
-def redis_server(tmp_path: Path) -> Iterator[tuple[str, subprocess.Popen]]:
-    exe = shutil.which("redis-server")
-    if exe is None:
-        if REQUIRE_SERVICES:
-            pytest.fail("redis-server is required (EDGEPROXY_REQUIRE_SERVICES=1) but missing")
-        pytest.skip("no redis-server on this machine")
-    port = free_port()
-    proc = subprocess.Popen([exe, "--port", str(port), "--bind", "127.0.0.1", "--save", "",
-                             "--appendonly", "no", "--dir", str(tmp_path)],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    url = f"redis://127.0.0.1:{port}/0"
-    deadline = time.monotonic() + 10
-    import redis
-
-    while time.monotonic() < deadline:
-        try:
-            redis.Redis.from_url(url).ping()
-            break
-        except redis.ConnectionError:
-            time.sleep(0.05)
-    yield url, proc
-    if proc.poll() is None:
-        proc.kill()
-    proc.wait(timeout=10)
-
-
-class Nodes:
-    def __init__(self, procs: list[subprocess.Popen], ports: list[int]) -> None:
-        self.procs = procs
-        self.urls = [f"http://127.0.0.1:{p}/v1" for p in ports]
-
-    def stop(self) -> None:
-        for p in self.procs:
-            if p.poll() is None:
-                p.send_signal(signal.SIGTERM)
-        for p in self.procs:
-            try:
-                p.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                p.kill()
-                p.wait()
-
-
-def start_nodes(tmp_path: Path, toml: str, n: int = 3, extra: list[str] | None = None) -> Nodes:
-    ports = [free_port() for _ in range(n)]
-    path = tmp_path / "nodes.toml"
-    path.write_text(toml)
-    env = dict(os.environ, EDGEPROXY_ADMIN_KEY=ADMIN, SIM_KEY="sk-sim")
-    procs = [subprocess.Popen([sys.executable, "-m", "edgeproxy", "serve", "--config", str(path),
-                               "--port", str(p), *(extra or [])], env=env,
-                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-             for p in ports]
-    nodes = Nodes(procs, ports)
-    deadline = time.monotonic() + 30
-    for url in nodes.urls:
-        while True:
-            try:
-                if httpx.get(url.removesuffix("/v1") + "/healthz").status_code == 200:
-                    break
-            except httpx.TransportError:
-                pass
-            if time.monotonic() > deadline:
-                nodes.stop()
-                raise AssertionError("nodes did not start")
-            time.sleep(0.1)
-    return nodes
-
-
-def toml_for(redis_url: str, ledger: str, endpoints: str, providers: str,
-             extra: str = "") -> str:
-    return f"""
-[server]
-listen = "127.0.0.1:0"
-[storage]
-ledger = "{ledger}"
-state = "{redis_url}"
-[catalog]
-builtin = false
-{providers}
-[models."test/model"]
-context_length = 32000
-endpoints = [{endpoints}]
-{extra}
-"""
-
-
-def provider(name: str, url: str) -> str:
-    return f'[providers.{name}]\nbase_url = "{url}"\napi_key_env = "SIM_KEY"\n'
-
-
-def make_key(node: str, credits: str | None) -> str:
-    body = {"name": "shared"} | ({"credits": credits} if credits else {})
-    r = httpx.post(node + "/keys", json=body, headers={"Authorization": f"Bearer {ADMIN}"})
-    assert r.status_code == 201, r.text
-    return r.json()["key"]
+from tests.conftest import Stack
+from tests.nodes import (
+    PROMPT,
+    free_port,
+    make_key,
+    provider,
+    start_nodes,
+    toml_for,
+)
 
 
 def test_free_limit_holds_across_three_nodes(stack: Stack, redis_server, pg_url, tmp_path) -> None:
