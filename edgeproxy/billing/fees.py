@@ -8,6 +8,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from .pricing import Prices, charge
+
 __all__ = [
     "BYOK_FEE_BP",
     "CARD_FEE_BP",
@@ -82,21 +84,25 @@ class CostRow:
 
 
 def compare_costs(
-    prompt_price: int,
-    completion_price: int,
+    prices: Prices,
     input_tokens: int,
     output_tokens: int,
     requests: int = 0,
     byok_free_requests: int = 1_000_000,
     byok_discount_bp: int = 0,
+    cached_tokens: int = 0,
+    cache_write_tokens: int = 0,
 ) -> list[CostRow]:
     """SPEC §5.4's table: direct, credits (with the card top-up fee), BYOK (5 % usage fee).
 
-    Prices are micro-USD per 1M tokens. With a BYOK discount (a price negotiated with the
-    provider), the tokens cost the discounted price while the 5 % fee stays on what the same
-    generation would have cost at list price: $600 list, 20 % off -> $480 + $30 = $510 (85 %).
+    Prices are micro-USD per 1M tokens. `cached_tokens` and `cache_write_tokens` are the parts of
+    `input_tokens` read from and written to the prompt cache, at their own prices (SPEC §5.3).
+    With a BYOK discount (a price negotiated with the provider), the tokens cost the discounted
+    price while the 5 % fee stays on what the same generation would have cost at list price:
+    $600 list, 20 % off -> $480 + $30 = $510 (85 %).
     """
-    list_cost = (input_tokens * prompt_price + output_tokens * completion_price + 500_000) // MICRO
+    tokens = charge(prices, input_tokens, output_tokens, cached_tokens, cache_write_tokens)
+    list_cost = (tokens.prompt + tokens.completion + 500_000) // MICRO
     rows = [CostRow("direct to the provider", list_cost, 0, "")]
     rows.append(CostRow("credits", list_cost, topup_fee(list_cost, "card") if list_cost else 0,
                         "5.5% top-up fee"))

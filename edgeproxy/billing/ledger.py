@@ -7,6 +7,7 @@ transaction.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import secrets
 import time
@@ -16,9 +17,9 @@ import msgspec
 
 from ..errors import BadRequest, NoEndpoint
 from .fees import EXPIRY_DAYS, topup_fee
-from .store import Driver, Many
+from .store import Driver, Row, Statement
 
-__all__ = ["Account", "GenerationRecord", "KeyRow", "Ledger", "hash_key", "new_key"]
+__all__ = ["Account", "GenerationRecord", "KeyRow", "Ledger", "hash_key", "new_key", "storable"]
 
 KEY_PREFIX = "sk-ep-v1-"
 
@@ -60,7 +61,8 @@ class KeyRow(msgspec.Struct):
 
 
 class GenerationRecord(msgspec.Struct, array_like=True):
-    """One row of `generations`; field order is the column order."""
+    """One row of `generations`; field order is the column order. Fields added after the first
+    schema come last, with defaults, so a journal line written before them still decodes."""
 
     id: str
     account_id: str
@@ -84,15 +86,64 @@ class GenerationRecord(msgspec.Struct, array_like=True):
     app: str | None
     route: str | None
     created: int
+    cache_write_tokens: int = 0  # prompt tokens written to the provider's cache
+    # What the cache saved against the uncached prompt price, micro-USD (negative: writes cost
+    # more than reads saved); OpenRouter's `cache_discount`.
+    cache_discount_micro: int = 0
+    upstream_id: str | None = None  # the provider's own id of the answer, when it sent one
+    upstream_cost_micro: int = 0  # BYOK: what the provider charged the account's own key
 
 
 _ACCOUNT_COLS = "id, name, credits_micro, usage_micro, purchased_micro, expired_micro, last_active, created"
 _KEY_COLS = "id, account_id, hash, prefix, label, limit_micro, usage_micro, disabled, log_prompts, created"
 _GEN_COLS = ", ".join(GenerationRecord.__struct_fields__)
-_GEN_INSERT = (
-    f"INSERT INTO generations ({_GEN_COLS}) VALUES "
-    f"({', '.join('?' for _ in GenerationRecord.__struct_fields__)})"
-)
+_GEN_ROW = f"({', '.join('?' for _ in GenerationRecord.__struct_fields__)})"
+_TEXT = [i for i, f in enumerate(GenerationRecord.__struct_fields__)
+         if f in ("model", "provider", "finish_reason", "native_finish_reason", "app", "route",
+                  "upstream_id")]
+# Rows per INSERT: a batch goes out in chunks of powers of two up to this, so seven statement
+# texts serve every batch size. At 64 rows the PostgreSQL text (~10 KB) stays under asyncpg's
+# prepared-statement cache limit (15 KB): 256 rows wrote half as many records/s.
+_CHUNK = 64
+
+
+@functools.cache
+def _insert_new(rows: int) -> str:
+    """Insert `rows` generations, skipping ids already present; returns the ids inserted. Both
+    databases have ON CONFLICT … DO NOTHING and RETURNING (SQLite since 3.35)."""
+    return (f"INSERT INTO generations ({_GEN_COLS}) VALUES {', '.join([_GEN_ROW] * rows)} "
+            "ON CONFLICT (id) DO NOTHING RETURNING id")
+
+
+def _chunks(n: int) -> list[int]:
+    sizes = [_CHUNK] * (n // _CHUNK)
+    rest = n % _CHUNK
+    return sizes + [1 << b for b in range(rest.bit_length() - 1, -1, -1) if rest >> b & 1]
+
+
+def _storable(text: str) -> str:
+    """Text every database takes: PostgreSQL refuses NUL, and no encoder takes a lone
+    surrogate (aiohttp decodes a non-UTF-8 header byte to one)."""
+    if text.isascii():
+        return text.replace("\x00", "")
+    return text.replace("\x00", "").encode("utf-8", "replace").decode()
+
+
+def storable(g: GenerationRecord) -> GenerationRecord:
+    """The record with its free text made storable (see `_storable`)."""
+    vals = list(msgspec.structs.astuple(g))
+    for i in _TEXT:
+        if isinstance(vals[i], str):
+            vals[i] = _storable(vals[i])
+    return GenerationRecord(*vals)
+
+
+def _row(g: GenerationRecord) -> list[Any]:
+    vals: list[Any] = [int(v) if isinstance(v, bool) else v for v in msgspec.structs.astuple(g)]
+    for i in _TEXT:
+        if isinstance(vals[i], str):
+            vals[i] = _storable(vals[i])
+    return vals
 
 
 def _account(row: Any) -> Account:
@@ -111,8 +162,16 @@ class Ledger:
         self.db = driver
 
     async def open(self) -> None:
-        await self.db.open()
-        await self.db.migrate()
+        """Connect and bring the schema forward; a database this process cannot use raises
+        StartupError (the cause and the fix), not a driver's traceback."""
+        try:
+            await self.db.open()
+            await self.db.migrate()
+        except Exception as exc:
+            refused = self.db.refused(exc)
+            if refused is None:
+                raise
+            raise refused from exc
 
     async def close(self) -> None:
         await self.db.close()
@@ -209,6 +268,27 @@ class Ledger:
                                      (key_hash,))
         return _key(row) if row else None
 
+    async def keys_by_hash(self, hashes: list[str]) -> dict[str, KeyRow]:
+        """The keys of these hashes that still exist, by hash."""
+        rows = await self._rows_where_in(f"SELECT {_KEY_COLS} FROM api_keys", "hash", hashes)
+        return {k.hash: k for k in map(_key, rows)}
+
+    async def accounts_by_id(self, ids: list[str]) -> list[Account]:
+        """The accounts of these ids that exist."""
+        rows = await self._rows_where_in(f"SELECT {_ACCOUNT_COLS} FROM accounts", "id", ids)
+        return [_account(r) for r in rows]
+
+    async def _rows_where_in(self, select: str, column: str, values: list[str]) -> list[Any]:
+        """`select` WHERE column IN values, 512 at a time, a short last part padded to a power of
+        two (a repeated value changes nothing), so that ten statement texts serve any count."""
+        out: list[Any] = []
+        for i in range(0, len(values), 512):
+            part = values[i:i + 512]
+            part += part[-1:] * ((1 << (len(part) - 1).bit_length()) - len(part))
+            out += await self.db.fetch(
+                f"{select} WHERE {column} IN ({', '.join('?' * len(part))})", part)
+        return out
+
     async def key(self, key_id: str) -> KeyRow | None:
         row = await self.db.fetchone(f"SELECT {_KEY_COLS} FROM api_keys WHERE id = ?", (key_id,))
         return _key(row) if row else None
@@ -243,6 +323,13 @@ class Ledger:
              (account_id, provider, sealed, now)),
         ])
 
+    async def reseal_byok(self, account_id: str, provider: str, old: str, new: str) -> bool:
+        """Replace a sealed key by the same key sealed anew, unless the row changed meanwhile."""
+        counts = await self.db.transaction([(
+            "UPDATE byok_keys SET secret = ? WHERE account_id = ? AND provider = ? AND secret = ?",
+            (new, account_id, provider, old))])
+        return bool(counts[0])
+
     async def byok_keys(self) -> list[tuple[str, str, str]]:
         rows = await self.db.fetch("SELECT account_id, provider, secret FROM byok_keys")
         return [(r[0], r[1], r[2]) for r in rows]
@@ -255,25 +342,60 @@ class Ledger:
 
     # -- generations ----------------------------------------------------------------------------
 
-    async def write(self, batch: list[GenerationRecord]) -> None:
-        """Insert a batch and move its money in one transaction: nothing half-written."""
-        if not batch:
-            return
-        per_account: dict[str, tuple[int, int]] = {}
-        per_key: dict[str, int] = {}
-        for g in batch:
-            cost, last = per_account.get(g.account_id, (0, 0))
-            per_account[g.account_id] = (cost + g.cost_micro, max(last, g.created))
-            per_key[g.key_id] = per_key.get(g.key_id, 0) + g.cost_micro
-        rows = [tuple(int(v) if isinstance(v, bool) else v for v in msgspec.structs.astuple(g))
-                for g in batch]
-        await self.db.transaction([(_GEN_INSERT, Many(rows)), *[
-            ("UPDATE accounts SET usage_micro = usage_micro + ?, last_active = ? WHERE id = ?",
-             (cost, last, acct)) for acct, (cost, last) in per_account.items()
-        ], *[
-            ("UPDATE api_keys SET usage_micro = usage_micro + ? WHERE id = ?", (cost, key))
-            for key, cost in per_key.items()
-        ]])
+    async def write(self, batch: list[GenerationRecord]) -> list[GenerationRecord]:
+        """Insert a batch and move its money in one transaction: nothing half-written. Writing
+        the same records again (a retry after a commit whose reply was lost, a journal replay)
+        inserts none of them twice and charges none twice: only the rows this transaction
+        inserted move money. Returns the records it inserted."""
+        unique = list({g.id: g for g in batch}.values())
+        if not unique:
+            return []
+        rows = [_row(g) for g in unique]
+        first: list[Statement] = []
+        at = 0
+        for n in _chunks(len(rows)):
+            first.append((_insert_new(n), [v for r in rows[at:at + n] for v in r]))
+            at += n
+        inserted: list[GenerationRecord] = []
+
+        def money(returned: list[list[Row]]) -> list[Statement]:
+            new = {r[0] for chunk in returned for r in chunk}
+            inserted[:] = [g for g in unique if g.id in new]
+            per_account: dict[str, tuple[int, int]] = {}
+            per_key: dict[str, int] = {}
+            for g in unique:
+                if g.id in new:
+                    cost, last = per_account.get(g.account_id, (0, 0))
+                    per_account[g.account_id] = (cost + g.cost_micro, max(last, g.created))
+                    per_key[g.key_id] = per_key.get(g.key_id, 0) + g.cost_micro
+            return [
+                *[("UPDATE accounts SET usage_micro = usage_micro + ?, last_active = ? "
+                   "WHERE id = ?", (cost, last, acct))
+                  for acct, (cost, last) in per_account.items()],
+                *[("UPDATE api_keys SET usage_micro = usage_micro + ? WHERE id = ?", (cost, key))
+                  for key, cost in per_key.items()],
+            ]
+
+        await self.db.atomic(first, money)
+        return inserted
+
+    async def write_apart(
+        self, batch: list[GenerationRecord]
+    ) -> tuple[list[GenerationRecord], list[tuple[GenerationRecord, BaseException]]]:
+        """Write what the database accepts and set apart the records it refuses for their data
+        (found by halving the batch), so one bad record never holds back the others. Returns the
+        records inserted and the refused records with their errors. Any other failure (the
+        database unreachable or busy) raises: the caller retries the whole batch, which `write`
+        makes safe however much of it was already committed."""
+        try:
+            return await self.write(batch), []
+        except self.db.data_errors as exc:
+            if len(batch) == 1:
+                return [], [(batch[0], exc)]
+        mid = len(batch) // 2
+        n1, bad1 = await self.write_apart(batch[:mid])
+        n2, bad2 = await self.write_apart(batch[mid:])
+        return n1 + n2, bad1 + bad2
 
     async def generation(self, gen_id: str) -> GenerationRecord | None:
         row = await self.db.fetchone(f"SELECT {_GEN_COLS} FROM generations WHERE id = ?",
@@ -285,6 +407,24 @@ class Ledger:
             if f in ("is_byok", "usage_estimated", "streamed", "cancelled"):
                 vals[i] = bool(vals[i])
         return GenerationRecord(*vals)
+
+    async def key_usage(self, account_id: str, key_id: str,
+                        since: list[int]) -> tuple[list[tuple[int, int]], int]:
+        """A key's spend in micro-USD: (charged, BYOK upstream cost) since each of `since` (unix
+        seconds, read through the account's time index), and its all-time BYOK upstream cost
+        (through the index of BYOK rows)."""
+        sums = ", ".join(f"SUM(CASE WHEN created >= ? THEN {col} ELSE 0 END)"
+                         for _ in since for col in ("cost_micro", "upstream_cost_micro"))
+        row = await self.db.fetchone(
+            f"SELECT {sums} FROM generations WHERE account_id = ? AND created >= ? "
+            "AND key_id = ?",
+            [t for t in since for _ in range(2)] + [account_id, min(since), key_id])
+        byok = await self.db.fetchone(
+            "SELECT SUM(upstream_cost_micro) FROM generations WHERE key_id = ? AND is_byok = 1",
+            (key_id,))
+        vals = [int(v or 0) for v in row] if row else [0] * (2 * len(since))
+        return ([(vals[2 * i], vals[2 * i + 1]) for i in range(len(since))],
+                int(byok[0] or 0) if byok else 0)
 
     async def count_generations(self) -> int:
         row = await self.db.fetchone("SELECT COUNT(*) FROM generations")

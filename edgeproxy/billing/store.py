@@ -8,12 +8,15 @@ is an integer count of micro-USD. Migrations are a numbered list applied in orde
 from __future__ import annotations
 
 import asyncio
+import os
 import re
 import sqlite3
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 from urllib.parse import unquote, urlsplit
+
+from ..errors import StartupError
 
 __all__ = ["MIGRATIONS", "Driver", "Many", "PostgresDriver", "SQLiteDriver", "open_driver"]
 
@@ -25,6 +28,8 @@ class Many(list[Sequence[Any]]):
 
 
 Statement = tuple[str, Sequence[Any]]
+# Given the rows each of a transaction's first statements returned, the statements that follow.
+Then = Callable[[list[list[Row]]], list[Statement]]
 
 MIGRATIONS: list[list[str]] = [
     [
@@ -86,6 +91,19 @@ MIGRATIONS: list[list[str]] = [
             created BIGINT NOT NULL,
             PRIMARY KEY (account_id, provider))""",
     ],
+    [
+        # Prompt caching priced right (SPEC §5.3): the writes next to the reads, and the discount.
+        "ALTER TABLE generations ADD COLUMN cache_write_tokens BIGINT NOT NULL DEFAULT 0",
+        "ALTER TABLE generations ADD COLUMN cache_discount_micro BIGINT NOT NULL DEFAULT 0",
+    ],
+    [
+        # OpenRouter's /generation `upstream_id` and /key `byok_usage` (SPEC §1.1): the provider's
+        # id of the answer, and what a BYOK generation cost the account's own key; its index
+        # holds only BYOK rows, for a key's all-time BYOK usage.
+        "ALTER TABLE generations ADD COLUMN upstream_id TEXT",
+        "ALTER TABLE generations ADD COLUMN upstream_cost_micro BIGINT NOT NULL DEFAULT 0",
+        "CREATE INDEX generations_key_byok ON generations (key_id) WHERE is_byok = 1",
+    ],
 ]
 
 
@@ -101,9 +119,19 @@ class Driver:
     async def fetch(self, sql: str, args: Sequence[Any] = ()) -> list[Row]:
         raise NotImplementedError
 
+    # Errors that mean a statement's data can never be written (a bad value, a constraint), as
+    # opposed to the database being unreachable or busy, which a retry may cure.
+    data_errors: tuple[type[BaseException], ...] = ()
+
     async def transaction(self, statements: list[Statement]) -> list[int]:
         """Run statements atomically; returns each one's affected row count. Arguments wrapped
         in Many run the statement once per row."""
+        return await self.atomic([], lambda _: statements)
+
+    async def atomic(self, first: list[Statement], then: Then) -> list[int]:
+        """One transaction: run `first`, keeping the rows each returns (RETURNING), then the
+        statements `then` computes from those rows; returns the latter's affected row counts.
+        The decision between the two is plain Python, so it is the same on every database."""
         raise NotImplementedError
 
     async def fetchone(self, sql: str, args: Sequence[Any] = ()) -> Row | None:
@@ -115,11 +143,18 @@ class Driver:
         start at once); returns the schema version."""
         raise NotImplementedError
 
+    def refused(self, exc: Exception) -> StartupError | None:
+        """What `exc`, raised by open() or migrate(), means for the operator (cause and fix);
+        None when it says nothing about the database (a bug: its traceback is kept)."""
+        return None
+
 
 class SQLiteDriver(Driver):
     """stdlib sqlite3 on one dedicated thread (sqlite3 blocks); WAL so readers never wait."""
 
     name = "sqlite"
+    data_errors = (sqlite3.IntegrityError, sqlite3.DataError, sqlite3.InterfaceError,
+                   OverflowError, UnicodeEncodeError)
 
     def __init__(self, path: str) -> None:
         self.path = path
@@ -170,19 +205,33 @@ class SQLiteDriver(Driver):
 
         return await self._run(go)
 
+    def refused(self, exc: Exception) -> StartupError | None:
+        where = os.path.abspath(self.path)
+        if isinstance(exc, sqlite3.OperationalError):  # no such directory, not writable, locked
+            return StartupError(
+                f"cannot use the SQLite ledger {where} ({exc})",
+                f"make {os.path.dirname(where)} exist and writable by this user (SQLite writes "
+                "its -wal file beside the database), or set [storage] ledger to another path",
+            )
+        if isinstance(exc, sqlite3.DatabaseError):
+            return StartupError(f"{where} is not a usable SQLite ledger ({exc})",
+                                "restore it from a backup, or set [storage] ledger to a new path")
+        return None
+
     async def fetch(self, sql: str, args: Sequence[Any] = ()) -> list[Row]:
         def go() -> list[Row]:
             return self._connect().execute(sql, tuple(args)).fetchall()
 
         return await self._run(go)
 
-    async def transaction(self, statements: list[Statement]) -> list[int]:
+    async def atomic(self, first: list[Statement], then: Then) -> list[int]:
         def go() -> list[int]:
             conn = self._connect()
             counts = []
             conn.execute("BEGIN IMMEDIATE")
             try:
-                for sql, args in statements:
+                rows = [conn.execute(sql, tuple(args)).fetchall() for sql, args in first]
+                for sql, args in then(rows):
                     if isinstance(args, Many):
                         cur = conn.executemany(sql, args)
                     else:
@@ -212,11 +261,13 @@ def _numbered(sql: str) -> str:
 
 
 class PostgresDriver(Driver):
-    """asyncpg with a small pool; the same SQL as SQLite, placeholders numbered."""
+    """asyncpg with a small pool; the same SQL as SQLite, placeholders numbered. No floor of
+    idle connections (min_size 0): asyncpg restores a floor in the background and logs a
+    traceback at each try while the database is down; connections open as queries need them."""
 
     name = "postgresql"
 
-    def __init__(self, dsn: str, min_size: int = 1, max_size: int = 8) -> None:
+    def __init__(self, dsn: str, min_size: int = 0, max_size: int = 8) -> None:
         self.dsn = dsn
         self.min_size = min_size
         self.max_size = max_size
@@ -230,8 +281,10 @@ class PostgresDriver(Driver):
         return q
 
     async def open(self) -> None:
-        import asyncpg
+        import asyncpg  # the `postgres` extra: a missing one is refused()
 
+        # (asyncpg reports an argument it cannot encode as a DataError too)
+        self.data_errors = (asyncpg.DataError, asyncpg.IntegrityConstraintViolationError)
         self._pool = await asyncpg.create_pool(self.dsn, min_size=self.min_size,
                                                max_size=self.max_size)
 
@@ -252,14 +305,41 @@ class PostgresDriver(Driver):
                 await conn.execute("INSERT INTO schema_version VALUES ($1)", version)
         return len(MIGRATIONS)
 
+    def refused(self, exc: Exception) -> StartupError | None:
+        if isinstance(exc, ModuleNotFoundError) and exc.name == "asyncpg":
+            return StartupError("the PostgreSQL ledger needs asyncpg, which is not installed",
+                                "pip install 'edgeproxy[postgres]'")
+        import asyncpg
+
+        parts = urlsplit(self.dsn)  # named without its user and password: errors are logged
+        where = f"{parts.hostname or 'localhost'}:{parts.port or 5432}{parts.path}"
+        if isinstance(exc, (asyncpg.InvalidPasswordError,
+                            asyncpg.InvalidAuthorizationSpecificationError)):
+            return StartupError(f"the PostgreSQL ledger at {where} refused the login ({exc})",
+                                "check the user and password in [storage] ledger and pg_hba.conf")
+        if isinstance(exc, asyncpg.InvalidCatalogNameError):
+            return StartupError(f"the PostgreSQL ledger at {where} has no such database ({exc})",
+                                f"create it (CREATE DATABASE {parts.path.lstrip('/')}), or set "
+                                "[storage] ledger to an existing one")
+        if isinstance(exc, asyncpg.PostgresError):
+            return StartupError(f"the PostgreSQL ledger at {where} refused the schema ({exc})",
+                                "give this user the right to create tables in that database")
+        if isinstance(exc, (OSError, TimeoutError, asyncpg.InterfaceError)):
+            return StartupError(f"cannot connect to the PostgreSQL ledger at {where} ({exc})",
+                                "start PostgreSQL there, or set [storage] ledger to a server "
+                                "that runs")
+        return None
+
     async def fetch(self, sql: str, args: Sequence[Any] = ()) -> list[Row]:
         rows = await self._pool.fetch(self._q(sql), *args)
         return [tuple(r) for r in rows]
 
-    async def transaction(self, statements: list[Statement]) -> list[int]:
+    async def atomic(self, first: list[Statement], then: Then) -> list[int]:
         counts = []
         async with self._pool.acquire() as conn, conn.transaction():
-            for sql, args in statements:
+            rows = [[tuple(r) for r in await conn.fetch(self._q(sql), *args)]
+                    for sql, args in first]
+            for sql, args in then(rows):
                 if isinstance(args, Many):
                     await conn.executemany(self._q(sql), args)
                     counts.append(len(args))

@@ -30,6 +30,11 @@ class MemoryCounters:
             self._evict(now)
         return True, retry
 
+    def count(self, key: str, window_s: int, now: float) -> int:
+        """How many events `hit` counted in the current window."""
+        w, n = self._counts.get(key, (0, 0))
+        return n if w == int(now) - int(now) % window_s else 0
+
     def _evict(self, now: float) -> None:
         # Windows of at most a day: anything older than that is dead weight.
         cutoff = int(now) - 86400

@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import time
 
+import msgspec
 import pytest
 
 from edgeproxy.billing.ledger import GenerationRecord, Ledger, hash_key
-from edgeproxy.billing.store import open_driver
+from edgeproxy.billing.store import MIGRATIONS, open_driver
 from edgeproxy.errors import BadRequest, NoEndpoint
 from tests.conftest import LoopThread, Stack, config
 
@@ -30,7 +31,7 @@ def test_ledger_roundtrip(loop_thread: LoopThread, ledger_url: str) -> None:
         ledger = Ledger(open_driver(ledger_url))
         await ledger.open()
         try:
-            assert await ledger.db.migrate() == 1  # idempotent
+            assert await ledger.db.migrate() == len(MIGRATIONS)  # idempotent
             acct = await ledger.create_account("alice")
             acct, fee = await ledger.add_credits(acct.id, 100_000_000, "card")
             assert fee == 5_500_000 and acct.credits_micro == 100_000_000
@@ -44,6 +45,14 @@ def test_ledger_roundtrip(loop_thread: LoopThread, ledger_url: str) -> None:
             assert acct2 is not None and acct2.usage_micro == 3500
             assert (await ledger.key(row.id)).usage_micro == 3500
             assert await ledger.count_generations() == 500
+            # A BYOK record keeps the provider's id and what the own key paid (/key, /generation).
+            byok = msgspec.structs.replace(record("gen-byok", acct.id, row.id, 0), is_byok=True,
+                                           upstream_id="chatcmpl-9", upstream_cost_micro=40)
+            await ledger.write([byok])
+            assert await ledger.generation("gen-byok") == byok
+            since = [0, int(time.time()) - 60, int(time.time()) + 60]
+            assert await ledger.key_usage(acct.id, row.id, since) == (
+                [(3500, 40), (3500, 40), (0, 0)], 40)
             with pytest.raises(NoEndpoint):
                 await ledger.add_credits("acct_missing", 5, "card")
             with pytest.raises(BadRequest):

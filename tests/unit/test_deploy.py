@@ -328,6 +328,11 @@ def test_edge_deployment(edge: dict[tuple[str, str], Any]) -> None:
     assert res["requests"]["cpu"] and res["requests"]["memory"]  # the HPA needs the CPU request
     sc = c["securityContext"]
     assert sc["readOnlyRootFilesystem"] is True
+    # ... but the ledger journal (./edgeproxy-journal, a PostgreSQL ledger's default) needs the
+    # working directory writable and kept across a container restart.
+    volumes = {v["name"]: v for v in pod["volumes"]}
+    (state,) = [m for m in c["volumeMounts"] if m["mountPath"] == "/var/lib/edgeproxy"]
+    assert not state.get("readOnly", False) and "emptyDir" in volumes[state["name"]]
     assert sc["allowPrivilegeEscalation"] is False
     assert pod["securityContext"]["runAsNonRoot"] is True or sc["runAsNonRoot"] is True
     assert pod["securityContext"].get("runAsUser", 10001) != 0
@@ -483,6 +488,9 @@ def test_compose_gateway(
     src, dst, mode = mount.split(":")
     assert (dst, mode) == (CONFIG_PATH, "ro")
     assert (DEPLOY / src).resolve() == (DEPLOY / "edgeproxy.toml").resolve()
+    # A read-only container, but its working directory (the ledger journal) on a named volume.
+    assert svc["read_only"] is True
+    assert "journal:/var/lib/edgeproxy" in svc["volumes"] and "journal" in compose["volumes"]
     assert svc["depends_on"] == {
         "redis": {"condition": "service_healthy"},
         "postgres": {"condition": "service_healthy"},
