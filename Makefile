@@ -3,7 +3,7 @@ PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
 
-.PHONY: install demo test matrix lint bench clean
+.PHONY: install demo test chaos matrix lint bench clean
 
 $(VENV)/.installed: pyproject.toml setup.py edgeproxy/_fastroute.pyx edgeproxy/_fastroute.pxd
 	$(PYTHON) -m venv $(VENV)
@@ -19,6 +19,16 @@ demo: install
 # The whole suite: ruff, mypy and pytest (unit + functional, real servers on loopback).
 test: install
 	EDGEPROXY_REQUIRE_EXTENSIONS=$${EDGEPROXY_REQUIRE_EXTENSIONS:-1} $(PY) -m pytest -q
+
+# The chaos suite (issue 11): faults injected into real processes (SIGKILL, a dropped COMMIT, Redis
+# killed, hung providers, slow clients...), each test with the figure it must hold; then the long
+# runs, bench/chaos_*.py, if there are any. Redis and PostgreSQL must be up: a skip proves nothing.
+chaos: install
+	EDGEPROXY_REQUIRE_SERVICES=$${EDGEPROXY_REQUIRE_SERVICES:-1} $(PY) -m pytest -q tests/chaos
+	@for run in bench/chaos_*.py; do \
+		[ -e "$$run" ] || continue; \
+		echo "$$run"; $(PY) "$$run" || exit 1; \
+	done
 
 # The translation matrix (every ingress dialect x every upstream protocol) from its tests.
 matrix: install

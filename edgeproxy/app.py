@@ -14,6 +14,7 @@ from .config import Config
 from .errors import EdgeproxyError, error_body
 from .gateway import Gateway
 from .ingress import anthropic_messages, completions, embeddings, openai_chat, responses
+from .listener import HANDLER_ARGS
 
 __all__ = ["make_app"]
 
@@ -66,7 +67,7 @@ def make_app(cfg: Config, gateway: Gateway | None = None) -> web.Application:
     app = web.Application(
         middlewares=[error_middleware],
         client_max_size=cfg.server.max_body_bytes,
-        handler_args={"max_field_size": 16384},
+        handler_args=HANDLER_ARGS,
     )
     app[handlers.GATEWAY] = gw
     app.cleanup_ctx.append(_lifetime)

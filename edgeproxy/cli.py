@@ -4,19 +4,23 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
+import errno
 import gc
 import logging
 import os
 import signal
+import subprocess
 import sys
-from collections.abc import Awaitable, Callable
+import time
+from collections.abc import Awaitable, Callable, Coroutine
 from typing import Any
 
 from aiohttp import web
 
 from . import __version__
 from .config import Config, is_loopback, load, loads
-from .errors import ConfigError, EdgeproxyError
+from .errors import ConfigError, EdgeproxyError, StartupError
 
 __all__ = ["main"]
 
@@ -54,33 +58,83 @@ async def run_app(
     on_ready: Callable[[int], Awaitable[None] | None] | None = None,
     reuse_port: bool = False,
 ) -> None:
-    """Serve until SIGTERM/SIGINT, then drain in-flight requests and close cleanly."""
+    """Serve until SIGTERM/SIGINT, then drain in-flight requests and close cleanly. Slow
+    clients are bounded by the [server] header and body timeouts and the connection cap
+    (edgeproxy.listener)."""
+    from .handlers import GATEWAY
+    from .listener import connection_cap, listen
+
+    gw = app[GATEWAY]
+    server = gw.cfg.server
+    cap, fds = connection_cap(server.max_connections)
+    if server.max_connections > cap:
+        log.warning("server.max_connections = %d is over what %d file descriptors allow; "
+                    "serving at most %d connections", server.max_connections, fds, cap)
     runner = web.AppRunner(app, handler_cancellation=True, access_log=None, shutdown_timeout=30)
     await runner.setup()
-    site = web.TCPSite(runner, host, port, backlog=1024, reuse_port=reuse_port or None)
-    await site.start()
+    try:
+        listener = await listen(runner, host, port, cap=cap,
+                                header_timeout_s=server.header_timeout_s, reuse_port=reuse_port,
+                                metrics=gw.metrics)
+    except BaseException:  # the port refused: close what started (ledger writer, journal)
+        await runner.cleanup()
+        raise
+    log.info("at most %d client connections (file-descriptor limit %d; raise it with "
+             "`ulimit -n` or LimitNOFILE=)", cap, fds)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
     try:
-        bound = runner.addresses[0][1] if runner.addresses else port
         if on_ready is not None:
-            res = on_ready(bound)
+            res = on_ready(listener.port)
             if res is not None:
                 await res
         await stop.wait()
     finally:
+        listener.close()
         await runner.cleanup()
 
 
-def _run(coro: Awaitable[None]) -> None:
+def _run(coro: Coroutine[Any, Any, None]) -> None:
+    # Only the import may fall back: an ImportError raised by the coroutine (a missing extra)
+    # is its own error, not a reason to run it a second time.
     try:
         import uvloop
-
-        uvloop.run(coro)  # type: ignore[arg-type]
     except ImportError:  # pragma: no cover - platforms without uvloop
-        asyncio.run(coro)  # type: ignore[arg-type]
+        asyncio.run(coro)
+    else:
+        uvloop.run(coro)
+
+
+# errno of a listening socket the OS refused -> what to do about it
+_LISTEN_FIX = {
+    errno.EADDRINUSE: "stop the process that holds it, or choose another port (--port or "
+                      "[server] listen)",
+    errno.EADDRNOTAVAIL: "listen on an address of this machine (0.0.0.0 for all of them; --host "
+                         "or [server] listen)",
+    errno.EACCES: "ports below 1024 need privileges: choose a port from 1024 (--port or "
+                  "[server] listen)",
+}
+
+
+def _serve(coro: Coroutine[Any, Any, None], host: str, port: int) -> None:
+    """`_run(run_app(...))`; a listening socket the OS refuses is a StartupError."""
+    try:
+        _run(coro)
+    except OSError as exc:
+        fix = _LISTEN_FIX.get(exc.errno or 0)
+        if fix is None:
+            raise
+        raise StartupError(f"cannot listen on {host}:{port} ({os.strerror(exc.errno or 0)})",
+                           fix) from exc
+
+
+def _tell(fd: int | None, line: str) -> None:
+    """A worker's status line to its supervisor (see `supervise`)."""
+    if fd is not None:
+        with contextlib.suppress(OSError):  # the supervisor is gone: nobody to tell
+            os.write(fd, (line + "\n").encode())
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
@@ -105,18 +159,65 @@ def cmd_serve(args: argparse.Namespace) -> int:
         # requests/s at saturation in interleaved A/B runs, no change in RSS).
         gc.collect()
         gc.freeze()
+        _tell(args.status_fd, "ready")
 
-    _run(run_app(make_app(cfg), host, port, ready, reuse_port=args.worker is not None))
+    _serve(run_app(make_app(cfg), host, port, ready, reuse_port=args.worker is not None),
+           host, port)
     return 0
+
+
+_BACKOFF_MIN_S, _BACKOFF_MAX_S = 0.5, 30.0
+_STABLE_S = 30.0  # a worker that served this long starts its back-off again from the minimum
+
+
+class _Worker:
+    """One worker slot of `supervise`: its process, the pipe it reports its start on, and its
+    back-off. The worker writes `ready` once it listens, or `refused <line>` before it exits 2."""
+
+    def __init__(self, index: int, argv: list[str]) -> None:
+        self.index = index
+        self.argv = argv
+        self.proc: subprocess.Popen[bytes] | None = None
+        self.fd = -1
+        self.buf = b""
+        self.ready_at = 0.0  # when the running process said "ready"; 0 until then
+        self.refusal = ""
+        self.delay = _BACKOFF_MIN_S
+        self.restart_at = 0.0
+
+    def spawn(self) -> None:
+        r, w = os.pipe()
+        os.set_blocking(r, False)
+        self.proc = subprocess.Popen(
+            [*self.argv, "--worker", str(self.index), "--status-fd", str(w)], pass_fds=(w,))
+        os.close(w)
+        self.fd, self.buf, self.ready_at, self.refusal = r, b"", 0.0, ""
+
+    def read(self) -> None:
+        with contextlib.suppress(BlockingIOError):
+            while chunk := os.read(self.fd, 4096):
+                self.buf += chunk
+        *lines, self.buf = self.buf.split(b"\n")
+        for line in lines:
+            text = line.decode(errors="replace")
+            if text == "ready":
+                self.ready_at = time.monotonic()
+            elif text.startswith("refused "):
+                self.refusal = text.removeprefix("refused ")
+
+    def close(self) -> None:
+        if self.fd >= 0:
+            os.close(self.fd)
+            self.fd = -1
 
 
 def supervise(args: argparse.Namespace, workers: int, host: str, port: int) -> int:
     """`serve --workers N`: N processes on one port (SO_REUSEPORT; the kernel spreads the
-    connections). A worker that dies is restarted; SIGTERM is passed on and waited for, so each
-    worker drains its streams and flushes its ledger writer (SPEC §8)."""
-    import subprocess
-    import time
-
+    connections). SIGTERM is passed on and waited for, so each worker drains its streams and
+    flushes its ledger writer (SPEC §8). A worker that dies is restarted after a back-off (0.5 s
+    doubling to 30 s, from 0.5 s again once a worker served 30 s), so an unreachable ledger is
+    retried, not spun on. When every worker is refused at start before any was ready (the same
+    cause on all, like the port taken), restarting cannot help: their line is printed, exit 2."""
     base = [sys.executable, "-m", "edgeproxy", "--log-level", args.log_level, "serve",
             "--host", host, "--port", str(port)]
     if args.config:
@@ -129,32 +230,58 @@ def supervise(args: argparse.Namespace, workers: int, host: str, port: int) -> i
 
     signal.signal(signal.SIGTERM, stop)
     signal.signal(signal.SIGINT, stop)
-    procs = {i: subprocess.Popen([*base, "--worker", str(i)]) for i in range(workers)}
+    slots = [_Worker(i, base) for i in range(workers)]
+    for w in slots:
+        w.spawn()
     log.info("edgeproxy %s: %d workers on http://%s:%d", __version__, workers, host, port)
-    restarts: dict[int, float] = {}
-    while not stopping:
-        time.sleep(0.2)
-        for i, p in list(procs.items()):
-            if p.poll() is not None and not stopping:
-                if p.returncode == 2:  # the configuration was refused: restarting cannot help
-                    log.error("worker %d refused the configuration; stopping", i)
-                    stopping = True
-                    break
-                wait = 1.0 if time.monotonic() - restarts.get(i, -1e9) < 5 else 0.0
-                log.warning("worker %d exited with %s; restarting", i, p.returncode)
-                time.sleep(wait)
-                restarts[i] = time.monotonic()
-                procs[i] = subprocess.Popen([*base, "--worker", str(i)])
-    for p in procs.values():
-        if p.poll() is None:
-            p.send_signal(signal.SIGTERM)
+    ever_ready = False
+    refused: dict[int, str] = {}  # until a worker is ready: slot -> the line it was refused with
+    while not stopping and len(refused) < workers:
+        time.sleep(0.1)
+        now = time.monotonic()
+        for w in slots:
+            if w.proc is not None:
+                w.read()
+                ever_ready = ever_ready or w.ready_at > 0
+        for w in slots:
+            if w.proc is None:
+                if now >= w.restart_at:
+                    w.spawn()
+                continue
+            code = w.proc.poll()
+            if code is None or stopping:
+                continue
+            w.read()  # what it wrote just before it exited
+            w.close()
+            ever_ready = ever_ready or w.ready_at > 0
+            w.proc = None
+            if w.ready_at and now - w.ready_at >= _STABLE_S:
+                w.delay = _BACKOFF_MIN_S
+            if code == 2 and not ever_ready:
+                refused[w.index] = w.refusal or f"worker {w.index} exited with 2"
+                # (said once, as the exit line, if every worker is refused the same way)
+                log.debug("worker %d refused: %s", w.index, refused[w.index])
+            else:
+                why = f"refused: {w.refusal}" if code == 2 and w.refusal else f"exited with {code}"
+                log.warning("worker %d restarts in %.1f s (%s)", w.index, w.delay, why)
+            w.restart_at = now + w.delay
+            w.delay = min(w.delay * 2, _BACKOFF_MAX_S)
+    for w in slots:
+        if w.proc is not None and w.proc.poll() is None:
+            w.proc.send_signal(signal.SIGTERM)
     rc = 0
-    for p in procs.values():
-        try:
-            p.wait(timeout=45)
-        except subprocess.TimeoutExpired:
-            p.kill()
-            rc = 1
+    for w in slots:
+        if w.proc is not None:
+            try:
+                w.proc.wait(timeout=45)
+            except subprocess.TimeoutExpired:
+                w.proc.kill()
+                rc = 1
+        w.close()
+    if len(refused) == workers:
+        for line in dict.fromkeys(refused.values()):
+            print(f"edgeproxy: {line}", file=sys.stderr)
+        return 2
     return rc
 
 
@@ -162,7 +289,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
     from .demo import run_demo
 
     _announce_router()
-    _run(run_demo(args.port, args.host))
+    _serve(run_demo(args.port, args.host), args.host, args.port)
     return 0
 
 
@@ -280,6 +407,16 @@ def _count(text: str) -> int:
     return int(n)
 
 
+def _port(text: str) -> int:
+    try:
+        n = int(text)
+    except ValueError:
+        n = -1
+    if not 0 <= n <= 65535:  # the OS would take 99999 as 34463
+        raise argparse.ArgumentTypeError(f"not a port (0-65535): {text!r}")
+    return n
+
+
 def _percent(text: str) -> int:
     """'20%' or '20' -> 2000 basis points."""
     from decimal import Decimal, InvalidOperation
@@ -295,19 +432,29 @@ def _percent(text: str) -> int:
 
 def cmd_cost(args: argparse.Namespace) -> int:
     from .billing.fees import compare_costs
-    from .routing import micro
+    from .routing import prices_of
 
     cfg = _catalog_config(args.config)
     model = cfg.models.get(args.model)
     if model is None:
         print(f"edgeproxy: unknown model {args.model!r}", file=sys.stderr)
         return 2
+    if args.cached_input_tokens + args.cache_write_tokens > args.input_tokens:
+        print("edgeproxy: --cached-input-tokens and --cache-write-tokens are parts of "
+              "--input-tokens: together at most as many", file=sys.stderr)
+        return 2
     ep = min(model.endpoints, key=lambda e: e.prompt + e.completion)
-    rows = compare_costs(micro(ep.prompt), micro(ep.completion), args.input_tokens,
-                         args.output_tokens, args.requests or 0, cfg.billing.byok_free_requests,
-                         args.byok_discount)
+    prices = prices_of(ep)
+    rows = compare_costs(prices, args.input_tokens, args.output_tokens, args.requests or 0,
+                         cfg.billing.byok_free_requests, args.byok_discount,
+                         args.cached_input_tokens, args.cache_write_tokens)
+    cache = ""
+    if args.cached_input_tokens or args.cache_write_tokens:
+        cache = (f" (of which {args.cached_input_tokens:,} cache reads at "
+                 f"{_money(prices.cache_read)} and {args.cache_write_tokens:,} cache writes at "
+                 f"{_money(prices.cache_write)} per 1M)")
     print(f"{args.model}: ${ep.prompt}/${ep.completion} per 1M tokens (in/out), "
-          f"{args.input_tokens:,} input + {args.output_tokens:,} output tokens"
+          f"{args.input_tokens:,} input{cache} + {args.output_tokens:,} output tokens"
           + (f", {args.requests:,} requests" if args.requests else ""))
     print(f"| {'payment':<24} | {'tokens':>12} | {'fees':>12} | {'total':>12} | note")
     print(f"|{'-' * 26}|{'-' * 14}|{'-' * 14}|{'-' * 14}|------")
@@ -366,13 +513,14 @@ def build_parser() -> argparse.ArgumentParser:
     s = sub.add_parser("serve", help="run the gateway")
     s.add_argument("--config", help="TOML configuration file")
     s.add_argument("--host", help="override [server] listen host")
-    s.add_argument("--port", type=int, help="override [server] listen port")
+    s.add_argument("--port", type=_port, help="override [server] listen port")
     s.add_argument("--workers", type=int, help="worker processes (default from the config)")
     s.add_argument("--worker", type=int, help=argparse.SUPPRESS)  # set by the supervisor
+    s.add_argument("--status-fd", type=int, help=argparse.SUPPRESS)  # the supervisor's pipe
     s.set_defaults(func=cmd_serve)
 
     d = sub.add_parser("demo", help="the gateway in front of simulated providers, no keys needed")
-    d.add_argument("--port", type=int, default=8080)
+    d.add_argument("--port", type=_port, default=8080)
     d.add_argument("--host", default="127.0.0.1")
     d.set_defaults(func=cmd_demo)
 
@@ -412,6 +560,10 @@ def build_parser() -> argparse.ArgumentParser:
     co.add_argument("--output-tokens", type=_count, required=True)
     co.add_argument("--requests", type=_count)
     co.add_argument("--byok-discount", type=_percent, default=0)
+    co.add_argument("--cached-input-tokens", type=_count, default=0,
+                    help="of the input tokens, those read from the prompt cache")
+    co.add_argument("--cache-write-tokens", type=_count, default=0,
+                    help="of the input tokens, those written to the prompt cache")
     co.add_argument("--config")
     co.set_defaults(func=cmd_cost)
 
@@ -431,8 +583,16 @@ def main(argv: list[str] | None = None) -> int:
     )
     try:
         return int(args.func(args) or 0)
-    except ConfigError as exc:
-        print(f"edgeproxy: configuration refused: {exc}", file=sys.stderr)
+    except (ConfigError, StartupError) as exc:
+        # One line that names the cause and the fix; the traceback only at --log-level DEBUG.
+        log.debug("start-up refused", exc_info=True)
+        line = " ".join(str(exc).split())
+        if isinstance(exc, ConfigError):
+            line = "configuration refused: " + line
+        if getattr(args, "status_fd", None) is not None:
+            _tell(args.status_fd, "refused " + line)  # a worker: its supervisor says it
+        else:
+            print(f"edgeproxy: {line}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         return 130

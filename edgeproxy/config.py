@@ -53,6 +53,13 @@ class ServerConfig(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
     keepalive_s: Seconds = 3.0
     # Total time a request may take across all its attempts before it fails with 408.
     request_timeout_s: Seconds = 600.0
+    # Slow clients (edgeproxy.listener): a request head must be complete this long after its
+    # first byte, and a body may pause this long between two reads; else the connection closes.
+    header_timeout_s: Seconds = 10.0
+    body_timeout_s: Seconds = 30.0
+    # Client connections served at once; 0: from the file-descriptor limit (RLIMIT_NOFILE), half
+    # of it less headroom, since each may hold an upstream socket too. A larger value is capped.
+    max_connections: Annotated[int, msgspec.Meta(ge=0)] = 0
     access_log: bool = False
 
     @property
@@ -67,6 +74,10 @@ class ServerConfig(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
 class StorageConfig(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
     ledger: str = "sqlite:///./edgeproxy.db"
     state: str = "memory://"
+    # The directory of the ledger journal (billing.journal): answered generations not yet in the
+    # ledger, replayed at start after a crash. Empty: beside a SQLite ledger (<file>.journal),
+    # else ./edgeproxy-journal.
+    journal: str = ""
 
 
 class ProviderConfig(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
@@ -95,6 +106,11 @@ class EndpointConfig(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
     completion: Price = Decimal(0)  # USD per 1M completion tokens
     request: Price = Decimal(0)  # USD per request
     image: Price = Decimal(0)  # USD per input image
+    # USD per 1M prompt tokens read from / written to the provider's prompt cache (SPEC §5.3).
+    # Unset: the provider bills them as ordinary prompt tokens (no discount, no surcharge), which
+    # is what a provider without cache pricing does, so they cost the `prompt` price.
+    cache_read: Price | None = None
+    cache_write: Price | None = None
     quantization: str = "unknown"
     context_length: Positive | None = None  # defaults to the model's
     max_output: Positive | None = None
@@ -103,6 +119,9 @@ class EndpointConfig(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
     # Declared speed, used only until the router has measured the endpoint (SPEC §2.4).
     throughput: Annotated[float, msgspec.Meta(ge=0)] = 0.0
     latency_ms: Annotated[float, msgspec.Meta(ge=0)] = 0.0
+    # Whether the model's author allows training other models on its text output, what the
+    # request's `provider.enforce_distillable_text` keeps; None: the model's `distillable`.
+    distillable: bool | None = None
 
 
 DEFAULT_PARAMETERS = [
@@ -132,6 +151,11 @@ class ModelConfig(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
     supported_parameters: list[str] = msgspec.field(default_factory=lambda: list(DEFAULT_PARAMETERS))
     max_output: Positive = 16_384
     enabled: bool = True
+    # The author allows training other models on its text output (OpenRouter's "distillable",
+    # `provider.enforce_distillable_text`). Off unless its license or terms say so, as OpenRouter
+    # marks only models "where the author has explicitly allowed text distillation"
+    # (openrouter.ai/docs/cookbook/evaluate-and-optimize/distillation).
+    distillable: bool = False
 
 
 class RoutingConfig(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
@@ -141,6 +165,15 @@ class RoutingConfig(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
     failure_pct: Annotated[int, msgspec.Meta(ge=1, le=100)] = 25
     ewma_alpha: Annotated[float, msgspec.Meta(gt=0, le=1)] = 0.3
     seed: int | None = None
+    # This many failures in a row (no success between them) degrade an endpoint at once.
+    consecutive_failures: Positive = 5
+    # A hung provider: an attempt still without its first byte after hung_factor × the endpoint's
+    # time-to-first-token EWMA (never under hung_floor_s; hung_default_s while no TTFT is known;
+    # a whole answer adds its expected generation time) counts as one failure, and falls back to
+    # the next endpoint when that one is stable.
+    hung_factor: Annotated[float, msgspec.Meta(ge=1)] = 4.0
+    hung_floor_s: Seconds = 3.0
+    hung_default_s: Seconds = 30.0
 
 
 class BillingConfig(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
@@ -162,6 +195,10 @@ class BillingConfig(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
     # How often balances, keys and limits are re-read from the ledger (other processes write it).
     refresh_s: Seconds = 1.0
     local_account: str = "local"
+    # Shared state: the most a node leases of an account's credits at once (it takes at most a
+    # quarter of what is free), and how long an unused slice stays before it goes back.
+    lease_usd: Decimal = Decimal(1)
+    lease_idle_s: Seconds = 2.0
 
     def admin_key(self) -> str:
         return os.environ.get(self.admin_key_env, "")
@@ -273,6 +310,11 @@ def _check(cfg: Config) -> None:
                 f"storage.{scheme_key}",
                 f"expected a URL with scheme {' or '.join(allowed[scheme_key])}://",
             )
+        if scheme != "sqlite":  # (a path, `sqlite://:memory:` included, has no port)
+            try:
+                _ = urlsplit(url).port  # a bad one would fail in the driver, as a traceback
+            except ValueError as exc:
+                raise ConfigError(f"storage.{scheme_key}", str(exc)) from None
     for name, prov in cfg.providers.items():
         parts = urlsplit(prov.base_url)
         if parts.scheme not in ("http", "https") or not parts.hostname:
@@ -290,9 +332,9 @@ def _check(cfg: Config) -> None:
             where = f"models.{mid}.endpoints[{i}]"
             if ep.provider not in cfg.providers:
                 raise ConfigError(f"{where}.provider", f"unknown provider {ep.provider!r}")
-            for field in ("prompt", "completion", "request", "image"):
+            for field in ("prompt", "completion", "request", "image", "cache_read", "cache_write"):
                 value = getattr(ep, field)
-                if not value.is_finite() or value < 0:
+                if value is not None and (not value.is_finite() or value < 0):
                     raise ConfigError(f"{where}.{field}", "expected a price >= 0 (USD)")
 
 

@@ -1,9 +1,13 @@
 """Prometheus text exposition (SPEC §9) without a client library: counters and histograms keyed by
 label tuples, rendered on demand. Recording is a dict update: cheap enough for the request path.
+Integers print exactly and floats with repr's shortest round-trip digits (the format's values are
+Go ParseFloat numbers: https://prometheus.io/docs/instrumenting/exposition_formats/), never
+rounded to six significant digits.
 """
 
 from __future__ import annotations
 
+import math
 from bisect import bisect_left
 from collections.abc import Callable
 from typing import TypeVar
@@ -18,9 +22,22 @@ def _labels(names: tuple[str, ...], values: tuple[str, ...]) -> str:
     return "{" + ",".join(f'{n}="{v}"' for n, v in zip(names, esc, strict=True)) + "}"
 
 
+def _value(v: float) -> str:
+    """A sample value: integral ones as exact integers, others as repr (shortest exact)."""
+    if isinstance(v, int):
+        return str(v)
+    if math.isfinite(v):
+        return str(int(v)) if v.is_integer() else repr(v)
+    return "NaN" if math.isnan(v) else ("+Inf" if v > 0 else "-Inf")
+
+
 class Counter:
-    def __init__(self, name: str, help: str, labels: tuple[str, ...] = ()) -> None:
+    """A counter; with `scale` it counts integer units (e.g. micro-USD) and shows value / scale,
+    exactly, so money never goes through a float sum."""
+
+    def __init__(self, name: str, help: str, labels: tuple[str, ...] = (), scale: int = 1) -> None:
         self.name, self.help, self.label_names = name, help, labels
+        self.scale = scale
         self.values: dict[tuple[str, ...], float] = {}
 
     def inc(self, labels: tuple[str, ...] = (), amount: float = 1) -> None:
@@ -29,8 +46,15 @@ class Counter:
     def render(self) -> list[str]:
         out = [f"# HELP {self.name} {self.help}", f"# TYPE {self.name} counter"]
         for key, v in self.values.items():
-            out.append(f"{self.name}{_labels(self.label_names, key)} {v:g}")
+            out.append(f"{self.name}{_labels(self.label_names, key)} {self._shown(v)}")
         return out
+
+    def _shown(self, v: float) -> str:
+        if self.scale == 1:
+            return _value(v)
+        whole, part = divmod(int(v), self.scale)  # scale: a power of ten
+        digits = len(str(self.scale)) - 1
+        return f"{whole}.{part:0{digits}d}".rstrip("0").rstrip(".")
 
 
 class Gauge:
@@ -48,7 +72,7 @@ class Gauge:
         values = self.fn() if self.fn is not None else self.values
         out = [f"# HELP {self.name} {self.help}", f"# TYPE {self.name} gauge"]
         for key, v in values.items():
-            out.append(f"{self.name}{_labels(self.label_names, key)} {v:g}")
+            out.append(f"{self.name}{_labels(self.label_names, key)} {_value(v)}")
         return out
 
 
@@ -76,11 +100,11 @@ class Histogram:
             acc = 0.0
             for i, b in enumerate(self.BUCKETS):
                 acc += s[i]
-                out.append(f"{self.name}_bucket{_labels(names, (*key, f'{b:g}'))} {acc:g}")
+                out.append(f"{self.name}_bucket{_labels(names, (*key, f'{b:g}'))} {_value(acc)}")
             acc += s[len(self.BUCKETS)]
-            out.append(f"{self.name}_bucket{_labels(names, (*key, '+Inf'))} {acc:g}")
-            out.append(f"{self.name}_count{_labels(self.label_names, key)} {s[-2]:g}")
-            out.append(f"{self.name}_sum{_labels(self.label_names, key)} {s[-1]:.6f}")
+            out.append(f"{self.name}_bucket{_labels(names, (*key, '+Inf'))} {_value(acc)}")
+            out.append(f"{self.name}_count{_labels(self.label_names, key)} {_value(s[-2])}")
+            out.append(f"{self.name}_sum{_labels(self.label_names, key)} {_value(s[-1])}")
         return out
 
 

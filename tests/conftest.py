@@ -22,6 +22,7 @@ from edgeproxy import simulate
 from edgeproxy.app import make_app
 from edgeproxy.config import Config, parse
 from edgeproxy.gateway import Gateway
+from edgeproxy.listener import Listener, connection_cap, listen
 
 T = TypeVar("T")
 
@@ -70,10 +71,10 @@ class SimHandle:
 
 
 class GatewayHandle:
-    def __init__(self, gw: Gateway, runner: web.AppRunner) -> None:
+    def __init__(self, gw: Gateway, runner: web.AppRunner, port: int) -> None:
         self.gw = gw
         self.runner = runner
-        self.port = runner.addresses[0][1]
+        self.port = port
         self.url = f"http://127.0.0.1:{self.port}"
         self.base_url = self.url + "/v1"
 
@@ -85,6 +86,7 @@ class Stack:
         self.lt = lt
         self.tmp = tmp
         self._runners: list[web.AppRunner] = []
+        self._listeners: list[Listener] = []
 
     def sim(self, protocol: str = "openai", **opts: Any) -> SimHandle:
         async def go() -> web.AppRunner:
@@ -95,25 +97,36 @@ class Stack:
         return SimHandle(protocol, runner)
 
     def gateway(self, cfg: dict[str, Any], seed: int = 1234) -> GatewayHandle:
-        cfg.setdefault("storage", {"ledger": f"sqlite:///{self.tmp}/ledger-{len(self._runners)}.db"})
+        storage = cfg.setdefault(
+            "storage", {"ledger": f"sqlite:///{self.tmp}/ledger-{len(self._runners)}.db"})
+        storage.setdefault("journal", str(self.tmp / "journal"))  # not the working directory
         return self.gateway_from(parse(cfg), seed)
 
     def gateway_from(self, config: Config, seed: int = 1234) -> GatewayHandle:
-        async def go() -> tuple[Gateway, web.AppRunner]:
+        async def go() -> tuple[Gateway, web.AppRunner, Listener]:
             gw = Gateway(config, seed=seed)
             runner = web.AppRunner(
                 make_app(config, gw), handler_cancellation=True, access_log=None,
                 shutdown_timeout=2,
             )
             await runner.setup()
-            await web.TCPSite(runner, "127.0.0.1", 0).start()
-            return gw, runner
+            # Served as `edgeproxy serve` serves it: aiohttp behind edgeproxy.listener.
+            server = config.server
+            listener = await listen(runner, "127.0.0.1", 0,
+                                    cap=connection_cap(server.max_connections)[0],
+                                    header_timeout_s=server.header_timeout_s,
+                                    metrics=gw.metrics)
+            return gw, runner, listener
 
-        gw, runner = self.lt.run(go())
+        gw, runner, listener = self.lt.run(go())
         self._runners.append(runner)
-        return GatewayHandle(gw, runner)
+        self._listeners.append(listener)
+        return GatewayHandle(gw, runner, listener.port)
 
     def close(self) -> None:
+        for listener in self._listeners:  # (before the cleanups, in the loop's order)
+            self.lt.loop.call_soon_threadsafe(listener.close)
+        self._listeners.clear()
         for r in reversed(self._runners):
             self.lt.run(r.cleanup())
         self._runners.clear()

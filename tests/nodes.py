@@ -115,7 +115,8 @@ def spawn_node(tmp_path: Path, config: Path, port: int, extra: list[str] | None 
         [sys.executable, "-m", "edgeproxy", "serve", "--config", str(config), "--port", str(port),
          *(extra or [])],
         env=dict(os.environ, EDGEPROXY_ADMIN_KEY=ADMIN, SIM_KEY="sk-sim") | (env or {}),
-        stdout=out, stderr=subprocess.STDOUT)
+        stdout=out, stderr=subprocess.STDOUT,
+        cwd=tmp_path)  # what a node writes by default (its ledger journal) stays in the test's dir
     out.close()
     return proc, log
 

@@ -13,7 +13,7 @@ import time
 import httpx
 
 from tests.conftest import Stack, config
-from tests.functional.test_cli import free_port
+from tests.nodes import free_port, wait_healthy
 
 
 def test_sigterm_drains_streams_and_the_ledger(stack: Stack, tmp_path) -> None:
@@ -35,13 +35,7 @@ def test_sigterm_drains_streams_and_the_ledger(stack: Stack, tmp_path) -> None:
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
                             env=dict(os.environ))
     try:
-        deadline = time.monotonic() + 20
-        while time.monotonic() < deadline:
-            try:
-                if httpx.get(f"http://127.0.0.1:{port}/healthz").status_code == 200:
-                    break
-            except httpx.TransportError:
-                time.sleep(0.1)
+        wait_healthy(f"http://127.0.0.1:{port}", 20)
         completed = asyncio.run(_load(port, proc))
         proc.wait(timeout=30)
     finally:
@@ -59,10 +53,10 @@ def test_sigterm_drains_streams_and_the_ledger(stack: Stack, tmp_path) -> None:
 async def _load(port: int, proc: subprocess.Popen) -> list[str]:
     url = f"http://127.0.0.1:{port}/v1/chat/completions"
     done: list[str] = []
-    stop = time.monotonic() + 1.2
+    give_up = time.monotonic() + 30  # (they stop when the gateway stops accepting)
 
     async def worker(client: httpx.AsyncClient, stream: bool) -> None:
-        while time.monotonic() < stop + 1:
+        while time.monotonic() < give_up:
             try:
                 body = {"model": "test/model", "stream": stream,
                         "messages": [{"role": "user", "content": "go"}]}
@@ -80,7 +74,9 @@ async def _load(port: int, proc: subprocess.Popen) -> list[str]:
 
     async with httpx.AsyncClient(timeout=30) as client:
         tasks = [asyncio.ensure_future(worker(client, i % 2 == 0)) for i in range(16)]
-        await asyncio.sleep(1.0)
+        while len(done) < 40:  # SIGTERM under load: once it is well under way
+            assert time.monotonic() < give_up and proc.poll() is None, f"{len(done)} answered"
+            await asyncio.sleep(0.02)
         proc.send_signal(signal.SIGTERM)
         await asyncio.gather(*tasks)
     return done

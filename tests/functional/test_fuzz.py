@@ -141,3 +141,89 @@ def test_no_input_gives_a_5xx(target: str, body: bytes) -> None:
     if r.status_code >= 400:
         err = r.json()["error"]
         assert err["code"] == r.status_code and isinstance(err["message"], str)
+
+
+# -- raw bytes in the request head -----------------------------------------------------------------
+# Headers the gateway reads (the caller's key, the app name it records) and a few it passes on,
+# each holding any bytes at all, sent over a plain socket (HTTP clients refuse such values). The
+# gateway must answer a JSON error below 500 or a real answer, never a 500 or silence; and the
+# ledger writer must go on writing (an app name is stored and shown back by /generation).
+
+HEADERS = ["Authorization", "x-api-key", "Content-Type", "HTTP-Referer", "X-Title",
+           "X-OpenRouter-Title", "Content-Encoding", "Transfer-Encoding", "Accept"]
+ADMIN = "fuzz-admin-key"
+BODY = b'{"model": "test/model", "max_tokens": 2, "messages": [{"role": "user", "content": "x"}]}'
+
+
+def _raw(port: int, head: bytes, body: bytes) -> tuple[int, bytes]:
+    """One request over a socket of its own: (status, body) of the first answer."""
+    import socket
+
+    with socket.create_connection(("127.0.0.1", port), timeout=10) as s:
+        s.sendall(head + b"Content-Length: %d\r\nConnection: close\r\n\r\n" % len(body) + body)
+        data = b""
+        while chunk := s.recv(65536):
+            data += chunk
+    status_line, _, rest = data.partition(b"\r\n")
+    assert status_line.startswith(b"HTTP/1."), data[:200]
+    _, _, payload = rest.partition(b"\r\n\r\n")
+    return int(status_line.split()[1]), payload
+
+
+@pytest.fixture
+def keyed_gateway(stack: Stack, monkeypatch: pytest.MonkeyPatch) -> tuple[int, str]:
+    monkeypatch.setenv("EDGEPROXY_ADMIN_KEY", ADMIN)
+    sim = stack.sim(max_reply_tokens=2)
+    gw = stack.gateway(config([("acme", sim, {"prompt": "1"})], server={"auth": "keys"}))
+    r = CLIENT.post(gw.base_url + "/keys", json={"name": "fuzz", "credits": "5"},
+                    headers={"Authorization": f"Bearer {ADMIN}"})
+    assert r.status_code == 201, r.text
+    return gw.port, r.json()["key"]
+
+
+header_values = st.binary(max_size=40) | st.sampled_from(
+    [b"Bearer \xff\xfe", b"\xff\xfe", b"Bearer ", b"Bearer \x00", b"gzip", b"chunked",
+     b"application/json; charset=\xff", b"\xed\xa0\x80", b"Bearer sk-ep-v1-\x80"])
+PATHS = [b"/v1/chat/completions", b"/v1/messages", b"/v1/models", b"/v1/generation?id=gen-\xff",
+         b"/v1/generation?id=gen-%ed%a0%80", b"/v1/models/%ff/%fe", b"/v1/models/\xff",
+         b"/v1/models?supported_parameters=%ff,%00", b"/v1/keys?account=%ff%00",
+         b"/v1/keys/key_%ff%fe", b"/v1/key", b"/v1/credits", b"/v1/byok",
+         b"/api/v1/chat/completions?\xff=\xfe"]
+
+
+@settings(max_examples=150, deadline=None,
+          suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(path=st.sampled_from(PATHS),
+       method=st.sampled_from([b"POST", b"GET", b"PATCH", b"DELETE", b"P\xffST"]),
+       headers=st.lists(st.tuples(st.sampled_from(HEADERS), header_values), max_size=4),
+       auth=st.sampled_from(["", "key", "admin"]),
+       body=st.sampled_from([BODY, b"", b"\xff\xfe{", b'{"name": "\xff", "account": "\xed\xa0\x80"}']))
+def test_no_header_or_path_bytes_give_a_5xx(
+    keyed_gateway: tuple[int, str], path: bytes, method: bytes,
+    headers: list[tuple[str, bytes]], auth: str, body: bytes,
+) -> None:
+    port, key = keyed_gateway
+    head = b"%s %s HTTP/1.1\r\nHost: 127.0.0.1\r\n" % (method, path)
+    if auth:
+        head += b"Authorization: Bearer %s\r\n" % (key if auth == "key" else ADMIN).encode()
+    for name, value in headers:
+        head += name.encode() + b": " + value + b"\r\n"
+    status, payload = _raw(port, head, body)
+    assert status < 500, (status, payload[:300])
+    if status >= 400:
+        doc = orjson.loads(payload)
+        message = doc["error"]["message"]  # both shapes (Anthropic's too) have error.message
+        assert isinstance(message, str) and message
+
+
+def test_an_app_name_of_any_bytes_is_recorded_and_shown(keyed_gateway: tuple[int, str]) -> None:
+    port, key = keyed_gateway
+    head = (b"POST /v1/chat/completions HTTP/1.1\r\nHost: 127.0.0.1\r\n"
+            b"Authorization: Bearer %s\r\nX-Title: caf\xc3\xa9 \xff\xfe\t app\r\n" % key.encode())
+    status, payload = _raw(port, head, BODY)
+    assert status == 200, payload
+    gen_id = orjson.loads(payload)["id"]
+    r = CLIENT.get(f"http://127.0.0.1:{port}/v1/generation", params={"id": gen_id},
+                   headers={"Authorization": f"Bearer {key}"})
+    assert r.status_code == 200, r.text
+    assert r.json()["data"]["app"] == "café  app"  # undecodable bytes and controls dropped
