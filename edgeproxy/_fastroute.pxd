@@ -38,6 +38,7 @@ ctypedef struct Endpoint:
     bint ttft_measured
     int64_t cool_until           # degraded while now_ms < cool_until (429 Retry-After)
     int64_t last_fail_stamp      # newest bucket stamp that ever counted a failure
+    int64_t fail_run             # failures since the last success
 
 
 ctypedef struct Bucket:
@@ -55,6 +56,7 @@ cdef class Router:
     cdef int64_t bucket_ms
     cdef int64_t min_failures
     cdef int64_t failure_pct
+    cdef int64_t consecutive_failures  # a run this long degrades (while its last is in the window)
     cdef double alpha
     cdef double one_minus_alpha
     cdef uint64_t rng            # splitmix64 state
@@ -67,3 +69,5 @@ cdef class Router:
                      int64_t* failures) noexcept
     cdef bint _degraded(self, Py_ssize_t i, int64_t now_ms) noexcept
     cdef int _rank(self, Endpoint* ep, int* items, int count, int64_t mode, int* out) noexcept
+    cdef int _rank_mask(self, Endpoint* ep, int m, uint64_t mask, int64_t mode,
+                        int* out) noexcept

@@ -16,14 +16,21 @@
 #      is stamped with now_ms // bucket_ms; one whose stamp has slid out of the window counts zero
 #      and is reset when its slot is reused, so recovery needs no timer. Degraded = at least
 #      min_failures failures making at least failure_pct % of the window's events, or a running
-#      429 cool-down. last_fail_stamp lets an endpoint with no recent failure skip the scan.
+#      429 cool-down, or a run of consecutive_failures failures with no success between them while
+#      the last of them is in the window (Envoy's consecutive-5xx outlier detection: a provider
+#      that went down or hangs is demoted at once, however many successes the window holds from
+#      before). last_fail_stamp lets an endpoint with no recent failure skip the scan.
 #   3. Order (SPEC §2.3). Named positions (provider.order) first, then the rest by the sort key, or
 #      by default weighted random sampling without replacement with weight 1/price², run as an
 #      exponential race (Efraimidis & Spirakis, "Weighted random sampling with a reservoir", 2006):
 #      each candidate draws key = -ln(u)/w and ascending keys are such a sample, the first one
 #      being candidate j with probability w_j / Σw. Free endpoints race among themselves first.
 #      Stable endpoints always precede degraded ones; degraded ones in the default mode go by price
-#      so that fallbacks onto them are deterministic.
+#      so that fallbacks onto them are deterministic. Among the unnamed ones of each health group,
+#      those that meet the request's performance preferences (OpenRouter's preferred_max_latency
+#      and preferred_min_throughput, compared with the EWMAs) are ranked before those that miss
+#      them: deprioritised, never excluded. With allow_fallbacks false only the named positions
+#      are candidates (or, when none is named, only the first endpoint of the order is returned).
 #   4. PRNG. splitmix64 (Steele, Lea & Flood, "Fast splittable pseudorandom number generators",
 #      2014): integer-only, so the pure-Python twin _fastroute_py.py draws the same numbers and,
 #      doing the same float operations in the same order, computes the same keys bit for bit.
@@ -90,6 +97,16 @@ def _float_arg(name, value):
     return value
 
 
+cdef inline bint _meets(Endpoint* e, double max_ttft_ms, double min_tps) noexcept:
+    # A preference <= 0 (or NaN) is unset. An endpoint with no figure (0: neither declared nor
+    # measured) does not meet a preference on it.
+    if max_ttft_ms > 0.0 and not (0.0 < e.ttft <= max_ttft_ms):
+        return False
+    if min_tps > 0.0 and not e.tps >= min_tps:
+        return False
+    return True
+
+
 cdef inline bint _before(int a, int b, int64_t* ka, double* kb, int64_t* kc) noexcept:
     # Lexicographic (ka, kb, kc, slot); slots are in ascending position order, so the last
     # component is the "ties by index" rule.
@@ -113,7 +130,7 @@ cdef class Router:
     """
 
     def __cinit__(self, n_endpoints, seed=0, window_buckets=30, bucket_ms=1000, min_failures=3,
-                  failure_pct=25, ewma_alpha=0.3):
+                  failure_pct=25, ewma_alpha=0.3, consecutive_failures=5):
         cdef Py_ssize_t i
         n = _int_arg("n_endpoints", n_endpoints, 0, 1 << 24)
         w = _int_arg("window_buckets", window_buckets, 1, 1 << 16)
@@ -123,12 +140,14 @@ cdef class Router:
         alpha = float(ewma_alpha)
         if not 0.0 < alpha <= 1.0:
             raise ValueError(f"ewma_alpha must be in (0, 1], got {alpha}")
+        run = _int_arg("consecutive_failures", consecutive_failures, 1, 1 << 32)
         self.rng = _index(seed) & _U64_MAX
         self.n = n
         self.window_buckets = w
         self.bucket_ms = b_ms
         self.min_failures = min_f
         self.failure_pct = pct
+        self.consecutive_failures = run
         self.alpha = alpha
         self.one_minus_alpha = 1.0 - alpha
         self.reason = R_NONE
@@ -143,7 +162,7 @@ cdef class Router:
             self.buckets[i].stamp = -1  # matches no real stamp (now_ms >= 0)
 
     def __init__(self, n_endpoints, seed=0, window_buckets=30, bucket_ms=1000, min_failures=3,
-                 failure_pct=25, ewma_alpha=0.3):
+                 failure_pct=25, ewma_alpha=0.3, consecutive_failures=5):
         # All the work is done in __cinit__; this gives Python the constructor's signature.
         pass
 
@@ -196,6 +215,8 @@ cdef class Router:
         # No failure in the window: healthy without scanning (min_failures >= 1).
         if e.last_fail_stamp <= now_ms // self.bucket_ms - self.window_buckets:
             return False
+        if e.fail_run >= self.consecutive_failures:
+            return True
         self._count(i, now_ms, &s, &f)
         return f >= self.min_failures and f * 100 >= self.failure_pct * (s + f)
 
@@ -243,6 +264,17 @@ cdef class Router:
             out[j] = items[slot[j]]
         return count
 
+    cdef int _rank_mask(self, Endpoint* ep, int m, uint64_t mask, int64_t mode,
+                        int* out) noexcept:
+        # The positions of mask (below m) ranked by `mode` into out; returns their count.
+        cdef int items[MAX_N]
+        cdef int p, count = 0
+        for p in range(m):
+            if (mask >> p) & 1:
+                items[count] = p
+                count += 1
+        return self._rank(ep, items, count, mode, out)
+
     def set_endpoint(self, Py_ssize_t i, prompt_price, completion_price, request_price,
                      context_length, quant_id, params_mask, flags, declared_tps,
                      declared_ttft_ms):
@@ -277,11 +309,12 @@ cdef class Router:
             e.ttft = ttft
 
     def record_success(self, Py_ssize_t i, int64_t now_ms):
-        """Count a successful attempt on endpoint i at now_ms."""
+        """Count a successful attempt on endpoint i at now_ms; it ends a run of failures."""
         self._check_index(i)
         if now_ms < 0:
             raise ValueError("now_ms must be >= 0")
         self._bucket(i, now_ms).successes += 1
+        self.endpoints[i].fail_run = 0
 
     def record_failure(self, Py_ssize_t i, int64_t now_ms):
         """Count a failed attempt (connection error, timeout, 5xx, 429) on endpoint i at now_ms."""
@@ -290,8 +323,10 @@ cdef class Router:
             raise ValueError("now_ms must be >= 0")
         self._bucket(i, now_ms).failures += 1
         cdef int64_t stamp = now_ms // self.bucket_ms
-        if stamp > self.endpoints[i].last_fail_stamp:
-            self.endpoints[i].last_fail_stamp = stamp
+        cdef Endpoint* e = &self.endpoints[i]
+        if stamp > e.last_fail_stamp:
+            e.last_fail_stamp = stamp
+        e.fail_run += 1
 
     def cool_down(self, Py_ssize_t i, int64_t until_ms):
         """Degrade endpoint i until until_ms (a 429's Retry-After); a shorter one never cuts it."""
@@ -346,6 +381,12 @@ cdef class Router:
         self._check_index(i)
         return self.endpoints[i].ttft
 
+    def meets_preferences(self, Py_ssize_t i, double max_ttft_ms, double min_tps):
+        """Whether endpoint i's EWMAs meet max_ttft_ms and min_tps (each <= 0: unset), as
+        select() ranks it."""
+        self._check_index(i)
+        return _meets(&self.endpoints[i], max_ttft_ms, min_tps)
+
     @property
     def empty_reason(self):
         """REASON_* code of the filter that emptied the last select(); REASON_NONE otherwise."""
@@ -354,22 +395,25 @@ cdef class Router:
     def select(self, Py_ssize_t start, Py_ssize_t end, int64_t now_ms, uint64_t allow_mask,
                bint deny_data_collection, bint require_zdr, uint64_t quant_mask,
                int64_t max_prompt_price, int64_t max_completion_price, int64_t need_tokens,
-               uint64_t required_params, int64_t sort, object order, bint allow_fallbacks):
+               uint64_t required_params, int64_t sort, object order, bint allow_fallbacks,
+               double max_ttft_ms=0.0, double min_tps=0.0):
         """Return the global indices of model range start..end-1 to attempt, in order.
 
         Filters: allow_mask (bit p keeps position p = i - start), deny_data_collection,
         require_zdr, quant_mask (0 = any; else bit quant_id), max prices (< 0 = no limit),
         need_tokens (context length), required_params (all bits). The first filter that leaves
         nothing sets empty_reason and [] is returned. Stable endpoints come before degraded ones;
-        within each, the positions named in `order` first, then by `sort` (SORT_*). With
-        allow_fallbacks false only the first endpoint is returned.
+        within each, the positions named in `order` first, then the others by `sort` (SORT_*),
+        those whose EWMAs meet max_ttft_ms and min_tps (each <= 0: unset) before those that miss
+        them. With allow_fallbacks false only the named positions are candidates; when none is
+        named, only the first endpoint is returned.
         """
         cdef int named[MAX_N]
-        cdef int items[MAX_N]
         cdef int out[MAX_N]
         cdef uint64_t keep[6]
-        cdef uint64_t seen = 0, cand, bit, stable = 0, degraded, taken = 0
-        cdef int n_named = 0, m, p, j, k = 0, count
+        cdef uint64_t seen = 0, cand, bit, stable = 0, degraded, taken = 0, pref
+        cdef int n_named = 0, m, p, j, k = 0
+        cdef int64_t degraded_mode = MODE_PRICE if sort == MODE_DEFAULT else sort
         cdef int64_t pos
         cdef Endpoint* ep
         cdef Endpoint* e
@@ -394,6 +438,8 @@ cdef class Router:
         # 1. Filters, each as the mask of positions it keeps (SPEC §2.1).
         ep = self.endpoints + start
         cand = allow_mask if m == MAX_N else allow_mask & (((<uint64_t>1) << m) - 1)
+        if not allow_fallbacks and n_named:
+            cand &= seen  # "only the providers in order, or their error" (SPEC §2.5)
         if cand == 0:
             self.reason = R_PROVIDER
             return []
@@ -427,33 +473,32 @@ cdef class Router:
                 stable |= (<uint64_t>1) << p
         degraded = cand & ~stable
 
-        # 3. Order (SPEC §2.3): named stable, other stable, named degraded, other degraded.
+        # 3. Order (SPEC §2.3): named stable, other stable, named degraded, other degraded; the
+        # others of each group that meet the performance preferences before those that miss them.
+        pref = cand
+        if max_ttft_ms > 0.0 or min_tps > 0.0:
+            pref = 0
+            for p in range(m):
+                if (cand >> p) & 1 and _meets(&ep[p], max_ttft_ms, min_tps):
+                    pref |= (<uint64_t>1) << p
         for j in range(n_named):
             p = named[j]
             if (stable >> p) & 1:
                 out[k] = p
                 k += 1
                 taken |= (<uint64_t>1) << p
-        count = 0
-        for p in range(m):
-            if (stable >> p) & 1 and not (taken >> p) & 1:
-                items[count] = p
-                count += 1
-        k += self._rank(ep, items, count, sort, out + k)
+        k += self._rank_mask(ep, m, stable & ~taken & pref, sort, out + k)
+        k += self._rank_mask(ep, m, stable & ~taken & ~pref, sort, out + k)
         for j in range(n_named):
             p = named[j]
             if (degraded >> p) & 1:
                 out[k] = p
                 k += 1
                 taken |= (<uint64_t>1) << p
-        count = 0
-        for p in range(m):
-            if (degraded >> p) & 1 and not (taken >> p) & 1:
-                items[count] = p
-                count += 1
-        k += self._rank(ep, items, count, MODE_PRICE if sort == MODE_DEFAULT else sort, out + k)
+        k += self._rank_mask(ep, m, degraded & ~taken & pref, degraded_mode, out + k)
+        k += self._rank_mask(ep, m, degraded & ~taken & ~pref, degraded_mode, out + k)
 
         self.reason = R_NONE
-        if not allow_fallbacks:
+        if not allow_fallbacks and not n_named:
             k = 1  # cand is not empty, so out[0] exists
         return [start + out[j] for j in range(k)]

@@ -82,12 +82,21 @@ def _c_int(value: int, lo: int, hi: int) -> int:
     return value
 
 
+def _meets(e: _Endpoint, max_ttft_ms: float, min_tps: float) -> bool:
+    # A preference <= 0 (or NaN) is unset. An endpoint with no figure (0: neither declared nor
+    # measured) does not meet a preference on it.
+    if max_ttft_ms > 0.0 and not (0.0 < e.ttft <= max_ttft_ms):
+        return False
+    return not (min_tps > 0.0 and not e.tps >= min_tps)
+
+
 class _Endpoint:
     __slots__ = (
         "blended",
         "completion_price",
         "context_length",
         "cool_until",
+        "fail_run",
         "flags",
         "last_fail_stamp",
         "params_mask",
@@ -115,6 +124,7 @@ class _Endpoint:
         self.ttft_measured = False
         self.cool_until = 0
         self.last_fail_stamp = _I64_MIN
+        self.fail_run = 0
 
 
 @final
@@ -130,6 +140,7 @@ class Router:
         "_alpha",
         "_bucket_ms",
         "_buckets",
+        "_consecutive_failures",
         "_endpoints",
         "_failure_pct",
         "_min_failures",
@@ -149,6 +160,7 @@ class Router:
         min_failures: int = 3,
         failure_pct: int = 25,
         ewma_alpha: float = 0.3,
+        consecutive_failures: int = 5,
     ) -> None:
         n = _int_arg("n_endpoints", n_endpoints, 0, 1 << 24)
         w = _int_arg("window_buckets", window_buckets, 1, 1 << 16)
@@ -158,12 +170,14 @@ class Router:
         alpha = float(ewma_alpha)
         if not 0.0 < alpha <= 1.0:
             raise ValueError(f"ewma_alpha must be in (0, 1], got {alpha}")
+        run = _int_arg("consecutive_failures", consecutive_failures, 1, 1 << 32)
         self._rng = _index(seed) & _U64_MAX
         self._n = n
         self._window_buckets = w
         self._bucket_ms = b_ms
         self._min_failures = min_f
         self._failure_pct = pct
+        self._consecutive_failures = run
         self._alpha = alpha
         self._one_minus_alpha = 1.0 - alpha
         self._reason = REASON_NONE
@@ -221,6 +235,8 @@ class Router:
         # No failure in the window: healthy without scanning (min_failures >= 1).
         if e.last_fail_stamp <= now_ms // self._bucket_ms - self._window_buckets:
             return False
+        if e.fail_run >= self._consecutive_failures:
+            return True
         s, f = self._count(i, now_ms)
         return f >= self._min_failures and f * 100 >= self._failure_pct * (s + f)
 
@@ -292,9 +308,10 @@ class Router:
             e.ttft = ttft
 
     def record_success(self, i: int, now_ms: int) -> None:
-        """Count a successful attempt on endpoint i at now_ms."""
+        """Count a successful attempt on endpoint i at now_ms; it ends a run of failures."""
         i, now_ms = self._check_index_now(i, now_ms)
         self._bucket(i, now_ms)[1] += 1
+        self._endpoints[i].fail_run = 0
 
     def record_failure(self, i: int, now_ms: int) -> None:
         """Count a failed attempt (connection error, timeout, 5xx, 429) on endpoint i at now_ms."""
@@ -304,6 +321,7 @@ class Router:
         e = self._endpoints[i]
         if stamp > e.last_fail_stamp:
             e.last_fail_stamp = stamp
+        e.fail_run += 1
 
     def cool_down(self, i: int, until_ms: int) -> None:
         """Degrade endpoint i until until_ms (a 429's Retry-After); a shorter one never cuts it."""
@@ -356,6 +374,13 @@ class Router:
         """EWMA time to first token in ms of endpoint i (declared until the first observation)."""
         return self._endpoints[self._check_index(i)].ttft
 
+    def meets_preferences(self, i: int, max_ttft_ms: float, min_tps: float) -> bool:
+        """Whether endpoint i's EWMAs meet max_ttft_ms and min_tps (each <= 0: unset), as
+        select() ranks it."""
+        i = _c_int(i, _I64_MIN, _I64_MAX)
+        max_ttft_ms, min_tps = float(max_ttft_ms), float(min_tps)
+        return _meets(self._endpoints[self._check_index(i)], max_ttft_ms, min_tps)
+
     @property
     def empty_reason(self) -> int:
         """REASON_* code of the filter that emptied the last select(); REASON_NONE otherwise."""
@@ -377,6 +402,8 @@ class Router:
         sort: int,
         order: tuple[int, ...],
         allow_fallbacks: bool,
+        max_ttft_ms: float = 0.0,
+        min_tps: float = 0.0,
     ) -> list[int]:
         """Return the global indices of model range start..end-1 to attempt, in order.
 
@@ -384,8 +411,10 @@ class Router:
         require_zdr, quant_mask (0 = any; else bit quant_id), max prices (< 0 = no limit),
         need_tokens (context length), required_params (all bits). The first filter that leaves
         nothing sets empty_reason and [] is returned. Stable endpoints come before degraded ones;
-        within each, the positions named in `order` first, then by `sort` (SORT_*). With
-        allow_fallbacks false only the first endpoint is returned.
+        within each, the positions named in `order` first, then the others by `sort` (SORT_*),
+        those whose EWMAs meet max_ttft_ms and min_tps (each <= 0: unset) before those that miss
+        them. With allow_fallbacks false only the named positions are candidates; when none is
+        named, only the first endpoint is returned.
         """
         # The compiled module's typed arguments, in their order: int64, int64, int64, uint64, ...
         for v, lo, hi in (
@@ -401,6 +430,7 @@ class Router:
             (sort, _I64_MIN, _I64_MAX),
         ):
             _c_int(v, lo, hi)
+        max_ttft_ms, min_tps = float(max_ttft_ms), float(min_tps)
         if not 0 <= start <= end <= self._n:
             raise IndexError(f"endpoint range [{start}, {end}) out of [0, {self._n})")
         if end - start > MAX_ENDPOINTS:
@@ -421,6 +451,9 @@ class Router:
         # 1. Filters, each as the set of positions it keeps (SPEC §2.1).
         eps = self._endpoints[start:end]
         cand = [p for p in range(m) if (allow_mask >> p) & 1]
+        if not allow_fallbacks and named:
+            # "only the providers in order, or their error" (SPEC §2.5)
+            cand = [p for p in cand if p in named_set]
         if not cand:
             self._reason = REASON_PROVIDER
             return []
@@ -446,14 +479,23 @@ class Router:
         stable = [p for p in cand if is_stable[p]]
         degraded = [p for p in cand if not is_stable[p]]
 
-        # 3. Order (SPEC §2.3): named stable, other stable, named degraded, other degraded.
+        # 3. Order (SPEC §2.3): named stable, other stable, named degraded, other degraded; the
+        # others of each group that meet the performance preferences before those that miss them.
+        if max_ttft_ms > 0.0 or min_tps > 0.0:
+            pref = {p for p in cand if _meets(eps[p], max_ttft_ms, min_tps)}
+        else:
+            pref = set(cand)
+        degraded_mode = SORT_PRICE if sort == SORT_DEFAULT else sort
         out = [p for p in named if is_stable.get(p) is True]
-        out += self._rank(start, [p for p in stable if p not in named_set], sort)
+        rest = [p for p in stable if p not in named_set]
+        out += self._rank(start, [p for p in rest if p in pref], sort)
+        out += self._rank(start, [p for p in rest if p not in pref], sort)
         out += [p for p in named if is_stable.get(p) is False]
         rest = [p for p in degraded if p not in named_set]
-        out += self._rank(start, rest, SORT_PRICE if sort == SORT_DEFAULT else sort)
+        out += self._rank(start, [p for p in rest if p in pref], degraded_mode)
+        out += self._rank(start, [p for p in rest if p not in pref], degraded_mode)
 
         self._reason = REASON_NONE
-        if not allow_fallbacks:
+        if not allow_fallbacks and not named:
             del out[1:]
         return [start + p for p in out]

@@ -7,15 +7,17 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import itertools
+import math
 import secrets
 import time
-from collections.abc import Callable
-from typing import TYPE_CHECKING, Any, cast
+from collections.abc import Awaitable, Callable
+from typing import TYPE_CHECKING, Any, TypeVar, cast
 
 from . import routing
 from .billing.fees import byok_fee
+from .billing.journal import for_ledger
 from .billing.ledger import GenerationRecord, Ledger
-from .billing.pricing import charge_pico, cost_json, micro_ceil
+from .billing.pricing import Charge, charge, cost_json, max_charge, micro_ceil
 from .billing.service import Billing, Caller, Reservation
 from .billing.store import open_driver
 from .config import Config
@@ -27,6 +29,7 @@ from .errors import (
     UpstreamError,
     UpstreamStatusError,
     UpstreamTimeout,
+    scrub,
 )
 from .metrics import Counter, Gauge, Histogram, Registry
 from .protocols import adapter_for
@@ -40,8 +43,11 @@ if TYPE_CHECKING:
 
 __all__ = ["Attempt", "Gateway", "Generation"]
 
+T = TypeVar("T")
+
 # Upstream answers that are the client's fault: relayed, not retried, not held against the provider.
 _CLIENT_FAULT = {400: 400, 413: 413, 422: 400}
+_UNBILLED = Charge(0, 0, 0, 0)  # an attempt cancelled before the upstream answered
 
 
 # Generation ids: a random prefix per process and a counter, unique across workers and nodes
@@ -55,6 +61,7 @@ class Generation:
 
     __slots__ = (
         "app",
+        "cache_discount_micro",
         "caller",
         "cancelled",
         "cost_micro",
@@ -75,6 +82,8 @@ class Generation:
         "started",
         "streamed",
         "ttft_s",
+        "upstream_cost_micro",
+        "upstream_id",
         "usage",
     )
 
@@ -95,28 +104,40 @@ class Generation:
         self.caller = caller
         self.reservation: Reservation | None = None
         self.cost_micro = 0
+        self.cache_discount_micro = 0  # what the prompt cache saved (SPEC §5.3), see finish_usage
         self.is_byok = False
         self.estimated = False
         self.route = ""
         self.ttft_s = 0.0
         self.generation_s = 0.0
         self.prompt_estimate = 0
+        self.upstream_id: str | None = None  # the serving provider's id of its answer
+        self.upstream_cost_micro = 0  # BYOK: what the account's own key paid the provider
 
 
 class Attempt:
-    """One try at one endpoint: its adapter, the prepared upstream call."""
+    """One try at one endpoint: its adapter, the prepared upstream call, and what the hung sweep
+    needs while it waits for its first byte (`Gateway.watched`)."""
 
-    __slots__ = ("adapter", "call", "endpoint", "is_byok", "parse", "started")
+    __slots__ = ("adapter", "call", "cut", "endpoint", "fallback", "hung_s", "is_byok", "key",
+                 "parse", "started", "task", "tokens")
 
     def __init__(
         self, endpoint: Endpoint, adapter: Adapter, call: UpstreamCall,
-        parse: Callable[[int, bytes], dict[str, Any]], is_byok: bool,
+        parse: Callable[[int, bytes], dict[str, Any]], is_byok: bool, tokens: int,
+        key: str = "",
     ) -> None:
         self.endpoint = endpoint
+        self.key = key  # the provider key it sends, scrubbed from the upstream's error text
         self.adapter = adapter
         self.call = call
         self.parse = parse  # a whole 2xx body -> the canonical result
         self.is_byok = is_byok
+        self.tokens = tokens  # a whole answer's most output tokens (0: a stream)
+        self.fallback: Endpoint | None = None  # the plan's next endpoint
+        self.task: asyncio.Task[Any] | None = None  # the request's, while it is watched
+        self.cut = False  # the sweep cancelled `task` to fall back early
+        self.hung_s = 0.0  # > 0: the sweep counted it hung after that many seconds
         self.started = time.perf_counter()
 
 
@@ -130,9 +151,13 @@ class Gateway:
         self._keys = {name: p.api_key() for name, p in cfg.providers.items()}
         self.shared = (RedisState(cfg.storage.state) if cfg.storage.state.startswith("redis")
                        else None)
-        self.billing = Billing(Ledger(open_driver(cfg.storage.ledger)), cfg.billing,
-                               cfg.server.auth, self.shared)
+        driver = open_driver(cfg.storage.ledger)
+        self.billing = Billing(Ledger(driver), cfg.billing, cfg.server.auth, self.shared,
+                               journal=for_ledger(driver, cfg.storage.journal))
         self._sync: asyncio.Task[None] | None = None
+        self._sweep: asyncio.Task[None] | None = None
+        # Attempts waiting for their first byte, oldest first (an insertion-ordered set).
+        self._watched: dict[Attempt, None] = {}
         self.metrics = m = Registry()
         self.m_requests = m.add(Counter(
             "edgeproxy_requests_total", "Requests by model, provider and status",
@@ -140,6 +165,10 @@ class Gateway:
         self.m_attempts = m.add(Counter(
             "edgeproxy_upstream_attempts_total", "Upstream attempts by provider and outcome",
             ("provider", "outcome")))
+        self.m_hung = m.add(Counter(
+            "edgeproxy_upstream_hung_total",
+            "Attempts still without a first byte past hung_factor x their endpoint's TTFT "
+            "(each counted once against the endpoint)", ("provider",)))
         self.m_fallbacks = m.add(Counter(
             "edgeproxy_fallbacks_total", "Requests served by an endpoint other than the first",
             ("model",)))
@@ -152,7 +181,8 @@ class Gateway:
         self.m_latency = m.add(Histogram(
             "edgeproxy_request_duration_seconds", "Total request latency", ("model",)))
         self.m_spent = m.add(Counter(
-            "edgeproxy_credits_spent_usd", "USD charged for generations", ("model",)))
+            "edgeproxy_credits_spent_usd", "USD charged for generations", ("model",),
+            scale=1_000_000))  # counted in micro-USD
         m.add(Gauge(
             "edgeproxy_router_compiled",
             "1 when the compiled router (_fastroute) is in use, 0 on the pure-Python fallback",
@@ -169,10 +199,11 @@ class Gateway:
         }
 
     async def close(self) -> None:
-        if self._sync is not None:
-            self._sync.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._sync
+        for task in (self._sync, self._sweep):
+            if task is not None:
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
         await self.billing.stop()
         if self.shared is not None:
             await self.shared.close()
@@ -186,9 +217,11 @@ class Gateway:
         adapter = adapter_for(ep.provider_cfg.protocol)
         # BYOK: the account's own key for this provider, when it registered one (SPEC §5.4).
         own = gen.caller.byok.get(ep.provider) if gen.caller.byok else None
+        variant = ep.model_id + ":thinking"  # SPEC §1.1: the variant turns reasoning on
         target = Target(
             ep.provider_cfg.base_url.rstrip("/"), own or self._keys[ep.provider],
-            ep.upstream_model, ep.max_output,
+            ep.upstream_model, ep.max_output, "reasoning" in ep.parameters,
+            req.route.model == variant or variant in (req.route.models or ()), ep.drop,
         )
         if req.kind == "embeddings":
             # The plan holds only endpoints whose protocol serves embeddings (handlers).
@@ -204,23 +237,27 @@ class Gateway:
                 call = adapter.build_request(None, req.openai_body(), target, stream)
             parse = adapter.parse_response
         gen.provider = ep.provider
-        return Attempt(ep, adapter, call, parse, own is not None)
+        tokens = 0
+        if not stream:
+            most = req.route.max_completion_tokens or req.route.max_tokens
+            tokens = min(most, ep.max_output) if most else ep.max_output
+        return Attempt(ep, adapter, call, parse, own is not None, tokens, target.api_key)
 
     def max_cost(self, caller: Caller, plan: Plan, prompt_tokens: int, max_tokens: int,
-                 output: bool = True) -> int:
-        """The most this request can cost on any endpoint of its plan (micro-USD), SPEC §5.3.
-        Without `output` (embeddings) only the input is billed."""
+                 choices: int = 1) -> int:
+        """The most this request can cost on any endpoint of its plan (micro-USD), SPEC §5.3:
+        the prompt once and `choices` completions (`n`); none for embeddings (0)."""
         worst = 0
         for ep in plan.endpoints:
-            out = (min(max_tokens, ep.max_output) if max_tokens else ep.max_output) if output else 0
-            cost = micro_ceil(charge_pico(prompt_tokens, out, ep.prompt_price,
-                                          ep.completion_price, ep.request_price))
+            out = (min(max_tokens, ep.max_output) if max_tokens else ep.max_output) * choices
+            cost = micro_ceil(max_charge(ep.prices, prompt_tokens, out))
             if caller.byok and ep.provider in caller.byok:
                 cost = byok_fee(cost, 1, 0)
             worst = max(worst, cost)
         return worst
 
     async def start(self) -> None:
+        self._sweep = asyncio.ensure_future(self._sweep_hung())
         if self.shared is not None:
             await self.shared.start()
             self.routes.share()
@@ -242,11 +279,103 @@ class Gateway:
             await shared.sync_health(routes.shared, routes.shared_cool, routes.apply_remote,
                                      routes.apply_cooldown, window_s, keys, routes.applied)
 
+    # -- hung providers ---------------------------------------------------------------------------
+    # A provider that accepts the connection and never answers would hold each request for its
+    # first-byte timeout before one failure is counted. Instead a sweep every SWEEP_S looks at the
+    # attempts still waiting for their first byte: one past its endpoint's bound counts as a
+    # failure at once (once per attempt), so consecutive_failures demote a hung endpoint within
+    # seconds while its requests still wait, and the request itself falls back to the next
+    # endpoint of its plan when that one is stable (nothing has reached the client yet).
+
+    SWEEP_S = 0.5
+
+    async def watched(self, att: Attempt, work: Awaitable[T]) -> T:
+        """Await `work`, the attempt, while the sweep watches it until `answered(att)` (its first
+        byte) and may cut it short: then it fails with `hung_error`, a retryable timeout.
+
+        The cut cancels this task, as asyncio.timeout() does, without a timer per attempt: the
+        task can only be waiting inside `work`, and `uncancel()` tells the sweep's cancellation
+        from the client's going away or the overall deadline, which win when they came too."""
+        task = att.task = asyncio.current_task()
+        self._watched[att] = None
+        try:
+            return await work
+        except asyncio.CancelledError:
+            if att.cut:
+                att.cut = False
+                if task is not None and task.uncancel() == 0:
+                    raise self.hung_error(att) from None
+            raise
+        finally:
+            self.answered(att)
+            if att.cut and task is not None:  # cut, but `work` swallowed the cancellation
+                att.cut = False
+                task.uncancel()
+
+    def answered(self, att: Attempt) -> None:
+        """The first byte came (or the attempt ended): no more hung check, no cut."""
+        self._watched.pop(att, None)
+
+    async def _sweep_hung(self) -> None:
+        while True:
+            await asyncio.sleep(self.SWEEP_S)
+            if self._watched:
+                self.sweep(time.perf_counter())
+
+    def hung_after(self, att: Attempt) -> float:
+        """Seconds without a first byte after which `att` counts as hung: hung_factor × the
+        endpoint's TTFT EWMA (a whole answer: × its expected time, TTFT + tokens / tokens/s), never
+        under hung_floor_s; hung_default_s while the endpoint has no TTFT (measured or declared);
+        never (inf) for a whole answer at an unknown speed."""
+        r = self.cfg.routing
+        router = self.routes.router
+        expect = router.latency(att.endpoint.index) / 1000.0
+        if att.tokens:
+            tps = router.throughput(att.endpoint.index)
+            if tps <= 0:
+                return math.inf
+            expect += att.tokens / tps
+        elif expect <= 0:
+            return r.hung_default_s
+        return max(r.hung_floor_s, r.hung_factor * expect)
+
+    def sweep(self, now: float) -> None:
+        """Count the watched attempts older than their bound (`now` is time.perf_counter())."""
+        late = []
+        young = now - self.cfg.routing.hung_floor_s
+        for att in self._watched:
+            if att.started > young:
+                break  # watched in the order they started: the rest are younger still
+            limit = self.hung_after(att)
+            if now - att.started > limit:
+                late.append((att, limit))
+        for att, limit in late:
+            del self._watched[att]  # counted once: never looked at again
+            att.hung_s = limit
+            self.m_hung.inc((att.endpoint.provider,))
+            if not att.is_byok:  # the account's own key: not the endpoint's health (failed())
+                self.routes.failure(att.endpoint)
+            fb = att.fallback
+            if att.task is not None and fb is not None and not self.routes.is_degraded(fb):
+                att.cut = True
+                att.task.cancel()
+
+    def hung_error(self, att: Attempt) -> UpstreamTimeout:
+        """The failure of an attempt the sweep cut short to fall back."""
+        name = att.endpoint.provider
+        what = "an answer" if att.tokens else "a first byte"
+        return UpstreamTimeout(
+            f"{name}: no {what} within {att.hung_s:.1f} s (hung_factor x its usual time); "
+            "trying the next endpoint", name)
+
     def status_error(self, att: Attempt, status: int, data: bytes, headers: Any) -> UpstreamError:
         """A non-2xx upstream answer -> the error to record, retry or relay."""
         name = att.endpoint.provider
         msg, raw = att.adapter.parse_error(status, data)
         status = att.adapter.effective_status(status, raw)
+        # The provider may quote the key it was sent: never past here (shapes of keys and their
+        # redacted forms are scrubbed by UpstreamError itself).
+        msg, raw = scrub(msg, att.key), scrub(raw, att.key)
         err = UpstreamStatusError(
             f"{name} answered HTTP {status}: {msg}", name, raw, upstream_status=status
         )
@@ -257,13 +386,18 @@ class Gateway:
         return err
 
     def failed(self, att: Attempt, err: UpstreamError) -> None:
-        """Feed one failed attempt to the health window (client-fault answers are not counted)."""
+        """Feed one failed attempt to the health window. Not counted: client-fault answers, an
+        attempt the sweep already counted as hung, and any failure with the account's own (BYOK)
+        key, which may be that key's fault: one tenant must not degrade a shared endpoint."""
         err.provider = err.provider or att.endpoint.provider
         err.metadata["provider_name"] = att.endpoint.provider
         if err.upstream_status in _CLIENT_FAULT:
             outcome = "client_error"
+        elif att.is_byok:
+            outcome = "byok_error"
         else:
-            self.routes.failure(att.endpoint, err.retry_after)
+            if not att.hung_s:
+                self.routes.failure(att.endpoint, err.retry_after)
             outcome = "timeout" if isinstance(err, UpstreamTimeout) else "error"
         self.m_attempts.inc((att.endpoint.provider, outcome))
 
@@ -329,17 +463,28 @@ class Gateway:
         usage["prompt_tokens"] = pt
         usage["completion_tokens"] = ct
         usage["total_tokens"] = pt + ct
-        cost = micro_ceil(charge_pico(pt, ct, ep.prompt_price, ep.completion_price,
-                                      ep.request_price)) if billable else 0
+        read, written = _cache_counts(usage, pt)
+        bill = charge(ep.prices, pt, ct, read, written) if billable else _UNBILLED
+        inference = micro_ceil(bill.total)  # at list price: what the provider charges for it
+        cost = inference
         if att.is_byok and billable:
-            cost = self.billing.byok_charge(gen.caller, cost)
+            cost = self.billing.byok_charge(gen.caller, inference)
+        gen.upstream_cost_micro = inference if att.is_byok else 0
         gen.cost_micro = cost
+        gen.cache_discount_micro = micro_ceil(bill.total + bill.cache_discount) - inference
         gen.is_byok = att.is_byok
         usage["cost"] = cost_json(cost * 1_000_000)
         usage["is_byok"] = att.is_byok
+        # OpenRouter's breakdown (OpenAPI `CostDetails`); the provider's own charge is shown only
+        # where the caller pays it (BYOK), as OpenRouter does.
+        usage["cost_details"] = {
+            "upstream_inference_cost": cost_json(inference * 1_000_000) if att.is_byok else None,
+            "upstream_inference_prompt_cost": cost_json(bill.prompt),
+            "upstream_inference_completions_cost": cost_json(bill.completion),
+        }
         gen.usage = usage
         if cost:
-            self.m_spent.inc((gen.model,), cost / 1e6)
+            self.m_spent.inc((gen.model,), cost)
         return usage
 
     def record(self, gen: Generation) -> None:
@@ -358,6 +503,8 @@ class Gateway:
             gen.cost_micro, gen.is_byok, gen.estimated, int(total_s * 1000),
             int(gen.ttft_s * 1000), int(gen.generation_s * 1000), gen.streamed, gen.cancelled,
             gen.finish_reason, gen.native_finish_reason, gen.app, gen.route, gen.created,
+            _int(pdetails.get("cache_write_tokens") if isinstance(pdetails, dict) else 0),
+            gen.cache_discount_micro, gen.upstream_id, gen.upstream_cost_micro,
         )
         assert gen.reservation is not None
         self.billing.settle(gen.reservation, rec)
@@ -365,6 +512,23 @@ class Gateway:
 
 def _int(v: Any) -> int:
     return v if isinstance(v, int) and v >= 0 else 0
+
+
+def _cache_counts(usage: dict[str, Any], prompt_tokens: int) -> tuple[int, int]:
+    """(cache reads, cache writes) of a usage object, both parts of prompt_tokens, written back
+    into `prompt_tokens_details` under OpenRouter's names. DeepSeek reports its reads as
+    `prompt_cache_hit_tokens` (api-docs.deepseek.com, "Context Caching")."""
+    details = usage.get("prompt_tokens_details")
+    if not isinstance(details, dict):
+        details = {}
+    read = min(_int(details.get("cached_tokens")) or _int(usage.get("prompt_cache_hit_tokens")),
+               prompt_tokens)
+    written = min(_int(details.get("cache_write_tokens")), prompt_tokens - read)
+    if details or read:  # (an embedding's usage has no details: none are added)
+        details["cached_tokens"] = read
+        details["cache_write_tokens"] = written
+        usage["prompt_tokens_details"] = details
+    return read, written
 
 
 def _retry_after(value: str | None) -> float:

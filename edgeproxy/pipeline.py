@@ -6,8 +6,9 @@
 Retry points: an attempt that fails may fall back to the next endpoint while nothing of it has
 reached the client. For a streamed answer that is "no content byte yet" (the role-only opening
 and keep-alive comments do not count); once content has gone out, a failure ends the stream
-with the dialect's error event. The whole loop runs under the overall deadline
-(`server.request_timeout_s`), a 408 when it passes.
+with the dialect's error event. An attempt still without its first byte past its endpoint's
+hung bound is cut short the same way when the next endpoint is stable (`Gateway.watched`). The
+whole loop runs under the overall deadline (`server.request_timeout_s`), a 408 when it passes.
 
 Money: the request's reservation is held by the caller (`billing.charge`); this loop settles it
 through `Gateway.record` when an endpoint served, when a stream failed after content reached the
@@ -28,6 +29,7 @@ from typing import TYPE_CHECKING, Any, Protocol, TypeVar
 
 import aiohttp
 
+from . import reasoning
 from .errors import EdgeproxyError, UpstreamConnectionError, UpstreamError, UpstreamTimeout
 from .gateway import Attempt, Gateway, Generation
 from .routing import Plan
@@ -116,6 +118,8 @@ class _Run:
             async with asyncio.timeout_at(deadline if req.stream else None):
                 for n, ep in enumerate(plan.endpoints):
                     att = self.current = gw.prepare(gen, ep, req, req.stream)
+                    if n + 1 < len(plan.endpoints):  # where a hung attempt may fall back early
+                        att.fallback = plan.endpoints[n + 1]
                     self.answered = False
                     try:
                         result = await attempt(att)
@@ -192,17 +196,23 @@ async def complete(gw: Gateway, gen: Generation, req: Decoded, plan: Plan) -> di
     """A non-streamed request: the canonical result of the endpoint that served (usage with
     cost; for chat also the framing fields of a `chat.completion`)."""
     run = _Run(gw, gen)
+    hide = reasoning.hidden(req.route)
 
     async def attempt(att: Attempt) -> dict[str, Any]:
         name = att.endpoint.provider
-        status, headers, data = await gw.upstreams.fetch(name, att.call, run.deadline)
+        status, headers, data = await gw.watched(
+            att, gw.upstreams.fetch(name, att.call, run.deadline))
         run.answered = status < 300
         if status >= 300:
             raise gw.status_error(att, status, data, headers)
         out = att.parse(status, data)
+        gen.upstream_id = _upstream_id(out)
         elapsed = time.perf_counter() - att.started
         run.waited += elapsed
         choices = out.get("choices")
+        if choices and hide:
+            for c in choices:
+                _unreason(c.get("message"))
         if choices:
             gen.finish_reason = choices[0].get("finish_reason")
             gen.native_finish_reason = choices[0].get("native_finish_reason")
@@ -228,15 +238,24 @@ async def stream(
 ) -> None:
     """A streamed request, relayed through the dialect's encoder to the sink."""
     run = _Run(gw, gen)
+    hide = reasoning.hidden(req.route)
 
     def note(chunks: list[dict[str, Any]]) -> list[dict[str, Any]]:
         """Keep usage apart, note content and the finish reason; the chunks the client gets."""
         out = []
         for chunk in chunks:
+            if gen.upstream_id is None:
+                gen.upstream_id = _upstream_id(chunk)
             u = chunk.pop("usage", None)
             if u is not None:
                 run.usage = u
             choices = chunk.get("choices")
+            if choices and hide:
+                for c in choices:
+                    _unreason(c.get("delta"))
+                # A delta of reasoning only is left empty: nothing of it goes out.
+                choices = chunk["choices"] = [
+                    c for c in choices if c.get("delta") or c.get("finish_reason") is not None]
             if not choices:
                 continue  # the upstream's usage chunk: the dialect's own closing carries ours
             for c in choices:
@@ -257,9 +276,12 @@ async def stream(
         return out
 
     async def attempt(att: Attempt) -> dict[str, Any]:
-        name = att.endpoint.provider
         gen.model = att.endpoint.model_id  # a `models` fallback may serve another model
         sink.waiting()
+        return await gw.watched(att, relay(att))
+
+    async def relay(att: Attempt) -> dict[str, Any]:
+        name = att.endpoint.provider
         resp = await gw.upstreams.post(name, att.call, run.deadline)
         run.answered = resp.status < 300
         try:
@@ -268,11 +290,13 @@ async def stream(
                 raise gw.status_error(att, resp.status, data, resp.headers)
             decoder = att.adapter.stream_decoder()
             run.usage = None
+            gen.upstream_id = None  # (an earlier attempt's)
             first_byte = 0.0
             try:
                 async for data in resp.content.iter_any():
                     if not first_byte:
                         first_byte = time.perf_counter()
+                        gw.answered(att)  # before anything reaches the client: no cut after
                         await sink.flowing()
                     chunks = note(decoder.feed(data))
                     if chunks:
@@ -303,6 +327,20 @@ async def stream(
         # Served, billed and recorded: the closing write is outside the deadline.
         await sink.write(enc.finish(usage))
     await sink.close()
+
+
+def _unreason(part: Any) -> None:
+    """`reasoning: {exclude: true}`: the reasoning was generated (and is billed) but not shown."""
+    if isinstance(part, dict):
+        part.pop("reasoning", None)
+        part.pop("reasoning_details", None)
+
+
+def _upstream_id(doc: dict[str, Any]) -> str | None:
+    """The provider's own id of its answer (openai's `chatcmpl-…`) when it sent a sane one;
+    adapters that translate another wire format keep none."""
+    v = doc.get("id")
+    return v if isinstance(v, str) and 0 < len(v) <= 256 else None
 
 
 def _text(choice: Any) -> str:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import time
 from decimal import Decimal
 
 import httpx
@@ -12,6 +11,7 @@ import orjson
 import pytest
 
 from tests.conftest import Stack, config
+from tests.nodes import wait_until
 
 PROMPT = [{"role": "user", "content": "Say hello to the gateway"}]
 
@@ -146,7 +146,13 @@ def test_failing_endpoint_is_demoted_then_recovers(stack: Stack) -> None:
     assert cheap.count() <= 4
     assert gw.gw.routes.is_degraded(gw.gw.routes.endpoints[0])
     cheap.configure(fault="")
-    time.sleep(1.2)  # the window slides past the failures
+
+    def status() -> dict[str, int]:  # OpenRouter's endpoint status: 0 ok, -1 degraded
+        eps = httpx.get(gw.base_url + "/models/test/model/endpoints").json()["data"]["endpoints"]
+        return {e["provider_name"]: e["status"] for e in eps}
+
+    # the window slides past the failures
+    wait_until(lambda: status() == {"cheap": 0, "dear": 0}, 10, what="cheap to recover")
     providers = [
         c.chat.completions.create(model="test/model", messages=PROMPT).model_extra["provider"]
         for _ in range(10)
@@ -263,9 +269,7 @@ def test_client_disconnect_cancels_the_upstream(stack: Stack) -> None:
                 seen += 1
             if seen == 3:
                 break
-    deadline = time.monotonic() + 3
-    while time.monotonic() < deadline and sim.stats()["cancelled"] < 1:
-        time.sleep(0.05)
+    wait_until(lambda: sim.stats()["cancelled"] >= 1, 10, what="the upstream to be cancelled")
     stats = sim.stats()
     assert stats["cancelled"] == 1 and stats["active"] == 0
 

@@ -101,6 +101,8 @@ def sel(
     sort: int = 0,
     order: tuple[int, ...] = (),
     fallbacks: bool = True,
+    max_ttft: float = 0.0,
+    min_tps: float = 0.0,
 ) -> list[int]:
     if allow is None:
         allow = (1 << (end - start)) - 1
@@ -119,6 +121,8 @@ def sel(
         sort,
         order,
         fallbacks,
+        max_ttft,
+        min_tps,
     )
 
 
@@ -191,6 +195,7 @@ def test_arguments_are_validated(fr: ModuleType) -> None:
         {"failure_pct": 101},
         {"ewma_alpha": 0.0},
         {"ewma_alpha": 1.5},
+        {"consecutive_failures": 0},
     ):
         with pytest.raises(ValueError):
             fr.Router(1, **kw)
@@ -359,6 +364,31 @@ def test_degraded_thresholds(fr: ModuleType) -> None:
     assert [r.is_degraded(i, 0) for i in range(4)] == [False, False, True, False]
 
 
+def test_a_run_of_failures_degrades_whatever_came_before(fr: ModuleType) -> None:
+    # A provider that went down (or hangs) after a busy window: 4 failures among 100 successes
+    # are 4 %, far from failure_pct, but 4 in a row with no success between them degrade it.
+    r = make(fr, [1 * M, 2 * M], consecutive_failures=4, bucket_ms=1000, window_buckets=30)
+    for _ in range(100):
+        r.record_success(0, 1_000)
+    fail(r, 0, 3, now=2_000)
+    assert not r.is_degraded(0, 2_000)
+    r.record_success(0, 2_000)  # a success ends the run
+    fail(r, 0, 3, now=2_000)
+    assert not r.is_degraded(0, 2_000)
+    fail(r, 0, 1, now=3_000)
+    assert r.window(0, 3_000) == (101, 7)
+    assert r.is_degraded(0, 3_000)
+    assert sel(r, 0, 2, now=3_000, sort=fr.SORT_PRICE) == [1, 0]
+    # Recovery as the window slides past the run's last failure (bucket 3 leaves at 33 s) ...
+    assert r.is_degraded(0, 32_999)
+    assert not r.is_degraded(0, 33_000)
+    # ... and a provider still down is demoted again by its first failure, not its fourth.
+    fail(r, 0, 1, now=33_000)
+    assert r.is_degraded(0, 33_000)
+    r.record_success(0, 33_100)
+    assert not r.is_degraded(0, 33_100)
+
+
 def test_recovery_as_the_window_slides(fr: ModuleType) -> None:
     r = make(fr, [1 * M, 2 * M], window_buckets=30, bucket_ms=1000)
     fail(r, 0, 5, now=1_500)  # bucket 1
@@ -450,7 +480,8 @@ def test_order_comes_first(fr: ModuleType) -> None:
     fail(r, 6, 3)
     fail(r, 3, 3)
     assert sel(r, s, e, sort=fr.SORT_PRICE, order=(4, 1, 3)) == [5, 2, 4, 6, 3]
-    assert sel(r, s, e, order=(4, 1, 3), fallbacks=False) == [5]
+    # Without fallbacks only the named ones, stable before degraded (SPEC §2.5).
+    assert sel(r, s, e, order=(4, 1, 3), fallbacks=False) == [5, 6, 3]
 
 
 def test_order_in_default_mode_leaves_the_rest_random(fr: ModuleType) -> None:
@@ -465,6 +496,42 @@ def test_allow_fallbacks_false_returns_only_the_first(fr: ModuleType) -> None:
     assert sel(r, 0, 3, sort=fr.SORT_PRICE, fallbacks=False) == [1]
     assert sel(r, 0, 3, order=(2,), fallbacks=False) == [2]
     assert len(sel(r, 0, 3, fallbacks=False)) == 1
+
+
+def test_allow_fallbacks_false_never_leaves_the_named_ones(fr: ModuleType) -> None:
+    r = make(fr, [1 * M, 2 * M, 3 * M])
+    fail(r, 2, 3)  # the named one is degraded: it is still the only one tried
+    assert sel(r, 0, 3, sort=fr.SORT_PRICE, order=(2,), fallbacks=False) == [2]
+    assert sel(r, 0, 3, order=(2, 0), fallbacks=False) == [0, 2]
+    # Named but filtered out: nothing, and the filter that emptied it is reported.
+    assert sel(r, 0, 3, order=(2,), fallbacks=False, allow=0b011) == []
+    assert r.empty_reason == fr.REASON_PROVIDER
+    assert sel(r, 0, 3, order=(2,), fallbacks=False, max_prompt=2 * M) == []
+    assert r.empty_reason == fr.REASON_MAX_PRICE
+
+
+def test_performance_preferences_deprioritise_never_exclude(fr: ModuleType) -> None:
+    # ttft: 100 ms, 900 ms, unknown, 300 ms; tps: 50, 200, unknown, 20.
+    r = make(fr, [1 * M, 2 * M, 3 * M, 4 * M], ttft=[100.0, 900.0, 0.0, 300.0],
+             tps=[50.0, 200.0, 0.0, 20.0])
+    assert sel(r, 0, 4, sort=fr.SORT_PRICE, max_ttft=500.0) == [0, 3, 1, 2]
+    assert sel(r, 0, 4, sort=fr.SORT_PRICE, min_tps=40.0) == [0, 1, 2, 3]
+    assert sel(r, 0, 4, sort=fr.SORT_PRICE, max_ttft=500.0, min_tps=40.0) == [0, 1, 2, 3]
+    assert sel(r, 0, 4, sort=fr.SORT_PRICE, max_ttft=200.0, min_tps=40.0) == [0, 1, 2, 3]
+    assert sel(r, 0, 4, sort=fr.SORT_PRICE, min_tps=100.0) == [1, 0, 2, 3]
+    # A bound none meets, or one <= 0 (unset), leaves the order as it was.
+    assert sel(r, 0, 4, sort=fr.SORT_PRICE, max_ttft=1.0) == [0, 1, 2, 3]
+    assert sel(r, 0, 4, sort=fr.SORT_PRICE, max_ttft=-5.0, min_tps=0.0) == [0, 1, 2, 3]
+    # Named ones keep their place; degraded ones stay last, ranked the same way among themselves.
+    assert sel(r, 0, 4, sort=fr.SORT_PRICE, order=(1,), max_ttft=500.0) == [1, 0, 3, 2]
+    fail(r, 0, 3)
+    fail(r, 1, 3)
+    assert sel(r, 0, 4, sort=fr.SORT_PRICE, min_tps=100.0) == [2, 3, 1, 0]
+    assert [r.meets_preferences(i, 500.0, 40.0) for i in range(4)] == [True, False, False, False]
+    assert [r.meets_preferences(i, 0.0, 0.0) for i in range(4)] == [True] * 4
+    # The EWMAs, not the declared seeds, once measured.
+    r.observe(1, 50.0, 0.0)
+    assert r.meets_preferences(1, 500.0, 0.0)
 
 
 def test_free_endpoints_come_first_in_random_order(fr: ModuleType) -> None:
@@ -578,6 +645,8 @@ def prefs(draw: st.DrawFn, m: int) -> dict[str, Any]:
         "sort": draw(st.integers(0, 3)),
         "order": tuple(draw(st.lists(st.integers(-2, m + 2), max_size=6))),
         "fallbacks": draw(st.integers(0, 3)) > 0,
+        "max_ttft": sometimes(0.0, SPEEDS | st.floats(-1, 1e4)),
+        "min_tps": sometimes(0.0, SPEEDS | st.floats(-1, 1e4)),
     }
 
 
@@ -608,6 +677,7 @@ def scenarios(draw: st.DrawFn) -> dict[str, Any]:
             "min_failures": draw(st.integers(1, 4)),
             "failure_pct": draw(st.sampled_from([0, 25, 50, 75, 100]) | st.integers(0, 100)),
             "ewma_alpha": draw(st.sampled_from([0.3, 1.0, 0.1, 0.77])),
+            "consecutive_failures": draw(st.integers(1, 6)),
         },
         "n": n,
         "start": offset,
@@ -644,6 +714,7 @@ def _run(fr: ModuleType, sc: dict[str, Any]) -> list[Any]:
                 [r.is_degraded(i, now + later) for later in (0, 999, 5_000, 20_000, 40_000)],
                 r.throughput(i).hex(),
                 r.latency(i).hex(),
+                r.meets_preferences(i, 100.0, 30.0),
             )
         )
     # The PRNG states must agree too: one more unfiltered default-mode draw shows it.
