@@ -31,9 +31,12 @@ from typing import Any
 __all__ = [
     "CHARS_PER_TOKEN",
     "MARKER",
+    "MEDIA_PART_TOKEN_BOUND",
     "MESSAGE_OVERHEAD",
+    "TOOLS_PROMPT_TOKENS",
     "estimate_tokens",
     "media_chars",
+    "media_parts",
     "middle_out",
 ]
 
@@ -44,6 +47,13 @@ MESSAGE_OVERHEAD = 4
 #: What a non-text content part (image, audio, file) is counted as: OpenAI bills a low-detail
 #: image at 85 tokens; the exact figure depends on the provider and the part's size.
 NON_TEXT_PART_TOKENS = 85
+#: What a media part is reserved at before the upstream counts it: Anthropic's largest image
+#: (about 1,600 tokens after it scales an image to 1.15 megapixels: "Vision" docs, image costs)
+#: and OpenAI's high-detail images at that size fit under it. A long PDF can count more.
+MEDIA_PART_TOKEN_BOUND = 1_600
+#: The system prompt a provider adds to describe tools, not in the request (Anthropic's "Tool
+#: use" docs list 159-530 tokens by model and tool_choice).
+TOOLS_PROMPT_TOKENS = 600
 #: Put where text was cut out.
 MARKER = "\n[… middle of this message removed to fit the context window …]\n"
 
@@ -103,6 +113,11 @@ def media_chars(messages: Sequence[Any]) -> int:
                             if isinstance(inner, str) and len(inner) > 256:
                                 total += len(inner)
     return total
+
+
+def media_parts(messages: Sequence[Any]) -> int:
+    """How many non-text parts (images, files, audio) the messages carry."""
+    return sum(_message_chars(m)[1] for m in messages)
 
 
 def estimate_tokens(messages: Sequence[Any]) -> int:

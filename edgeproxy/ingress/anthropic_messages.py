@@ -23,6 +23,7 @@ from typing import TYPE_CHECKING, Any
 
 import orjson
 
+from .. import reasoning
 from ..errors import BadRequest, EdgeproxyError
 from ..schema import convert_chat
 from ..transforms import estimate_tokens
@@ -34,7 +35,8 @@ if TYPE_CHECKING:
 __all__ = ["CODEC", "AnthropicMessagesCodec", "count_tokens"]
 
 # OpenRouter request members a client may send in any dialect; copied into the canonical request.
-_EXTRAS = ("models", "provider", "route", "transforms", "usage", "user", "session_id", "reasoning")
+_EXTRAS = ("models", "provider", "route", "transforms", "usage", "user", "session_id", "reasoning",
+           "plugins")
 
 # [tools] tool_choice.type -> OpenAI's string form ("tool" names a function, handled apart).
 _TOOL_CHOICE = {"auto": "auto", "any": "required", "none": "none"}
@@ -288,26 +290,47 @@ def _tool_result(block: dict[str, Any], at: tuple[int, ...]) -> dict[str, Any]:
 def _assistant(content: list[Any], i: int, out: list[dict[str, Any]]) -> None:
     parts: list[dict[str, Any]] = []
     calls: list[dict[str, Any]] = []
+    details: list[dict[str, Any]] = []
     for j, block in enumerate(content):
         kind = block.get("type") if isinstance(block, dict) else None
         if kind == "text":
             parts.append(_text_part(block))
         elif kind == "tool_use":
             calls.append(_tool_call(block, (i, j)))
-        elif kind in ("thinking", "redacted_thinking"):
-            # [thinking] earlier thinking blocks are dropped from the canonical form: OpenAI chat
-            # has no field that carries their signatures back (issue 12 keeps them). A native
-            # Anthropic upstream still receives them, in the client's own bytes.
-            continue
+        elif kind == "thinking" or kind == "redacted_thinking":
+            details.extend(_reasoning_items(block, kind, (i, j), len(details)))
         else:
             raise BadRequest(
                 f"{_where((i, j))}: content blocks of type {kind!r} are not supported here")
+    msg: dict[str, Any]
     if calls:
-        out.append({"role": "assistant", "content": _content(parts) if parts else None,
-                    "tool_calls": calls})
+        msg = {"role": "assistant", "content": _content(parts) if parts else None,
+               "tool_calls": calls}
     elif parts:
-        out.append({"role": "assistant", "content": _content(parts)})
-    # else a turn of thinking only: nothing an OpenAI message can hold
+        msg = {"role": "assistant", "content": _content(parts)}
+    else:
+        return  # a turn of thinking only: nothing an OpenAI message can hold
+    if details:
+        msg["reasoning_details"] = details
+    out.append(msg)
+
+
+def _reasoning_items(block: dict[str, Any], kind: str, at: tuple[int, ...],
+                     index: int) -> list[dict[str, Any]]:
+    """[thinking] a thinking (its signature) or redacted_thinking block of an earlier turn -> the
+    reasoning_details items the upstream adapters restore: Anthropic's own, or those of another
+    upstream that this codec sealed into the block (see `_thinking_blocks`)."""
+    key = "signature" if kind == "thinking" else "data"
+    opaque = block.get(key)
+    if not isinstance(opaque, str) or (kind == "thinking"
+                                       and not isinstance(block.get("thinking"), str)):
+        raise BadRequest(f"{_where(at)}: a {kind} block needs a string `{key}`")
+    sealed = reasoning.unseal(opaque)
+    if sealed is not None:
+        return sealed
+    if kind == "redacted_thinking":
+        return [reasoning.encrypted_item(opaque, reasoning.ANTHROPIC, index)]
+    return [reasoning.text_item(block["thinking"], reasoning.ANTHROPIC, index, signature=opaque)]
 
 
 def _tool_call(block: dict[str, Any], at: tuple[int, ...]) -> dict[str, Any]:
@@ -432,11 +455,36 @@ def _tool_input(arguments: Any) -> dict[str, Any]:
     return value if isinstance(value, dict) else {}
 
 
-def _message_content(message: dict[str, Any]) -> list[dict[str, Any]]:
+def _thinking_blocks(message: dict[str, Any]) -> list[dict[str, Any]]:
+    """[thinking] the answer's reasoning as thinking and redacted_thinking blocks, which a client
+    sends back unmodified on the next turn: Anthropic's own signatures and redacted data as they
+    came; text of another upstream with an empty signature (Anthropic's to mint), and its opaque
+    items (a Gemini thought signature, OpenAI's encrypted reasoning) sealed in a
+    redacted_thinking block, so they reach that upstream again (`_reasoning_items`)."""
+    details = message.get("reasoning_details")
+    if not isinstance(details, list) or not details:
+        text = message.get("reasoning")
+        return [{"type": "thinking", "thinking": text, "signature": ""}] if text else []
     blocks: list[dict[str, Any]] = []
-    if message.get("reasoning"):
-        # [thinking] the signature is Anthropic's to mint; none reaches the canonical form yet.
-        blocks.append({"type": "thinking", "thinking": message["reasoning"], "signature": ""})
+    for item in reasoning.merge([d for d in details if isinstance(d, dict)]):
+        kind, native = item.get("type"), item.get("format") == reasoning.ANTHROPIC
+        if kind == "reasoning.text" or kind == "reasoning.summary":
+            sig = item.get("signature")
+            blocks.append({"type": "thinking",
+                           "thinking": item.get("text") or item.get("summary") or "",
+                           "signature": sig if native and isinstance(sig, str) else ""})
+        elif kind == "reasoning.encrypted":
+            blocks.append(_redacted(item))
+    return blocks
+
+
+def _redacted(item: dict[str, Any]) -> dict[str, Any]:
+    native = item.get("format") == reasoning.ANTHROPIC and isinstance(item.get("data"), str)
+    return {"type": "redacted_thinking", "data": item["data"] if native else reasoning.seal([item])}
+
+
+def _message_content(message: dict[str, Any]) -> list[dict[str, Any]]:
+    blocks = _thinking_blocks(message)
     for key in ("content", "refusal"):
         text = message.get(key)
         if isinstance(text, str) and text:
@@ -498,19 +546,22 @@ class MessagesStreamEncoder:
     """Canonical chunks -> [streaming] events.
 
     message_start (empty content, usage so far) and a ping open the message; each content block is
-    content_block_start, its deltas (thinking_delta, text_delta, input_json_delta) and
-    content_block_stop, numbered from 0. A block ends when the kind of content changes or another
-    tool call begins; the adapters deliver a tool call's pieces together, so a closed block is
-    never reopened. The finish reason is held until `finish(usage)` sends message_delta (stop
+    content_block_start, its deltas (thinking_delta and signature_delta, text_delta,
+    input_json_delta) and content_block_stop, numbered from 0; redacted_thinking comes whole. A
+    block ends when the kind of content changes, another tool call or reasoning_details item
+    begins; the adapters deliver a tool call's pieces together, so a closed block is never
+    reopened. The finish reason is held until `finish(usage)` sends message_delta (stop
     reason, usage) and message_stop. An error after the head is one `error` event, and the last.
     """
 
-    __slots__ = ("_block", "_finish", "_gen", "_index", "_native", "_open", "_started", "_tool")
+    __slots__ = ("_block", "_finish", "_gen", "_index", "_native", "_open", "_started",
+                 "_thought", "_tool")
 
     def __init__(self, gen: Generation) -> None:
         self._gen = gen
         self._started = False
-        self._open = ""  # "" | "thinking" | "text" | "tool": the kind of the open block
+        self._open = ""  # "" | "thinking" | "redacted" | "text" | "tool": the open block's kind
+        self._thought: Any = None  # the reasoning_details index of the open thinking block
         self._index = -1  # the open (or last) block's index
         self._tool = -1  # the canonical tool-call index of the open tool_use block
         self._block = 0  # blocks started so far
@@ -559,12 +610,26 @@ class MessagesStreamEncoder:
 
     def _choice(self, choice: dict[str, Any], out: list[bytes]) -> None:
         delta = choice.get("delta") or {}
-        reasoning = delta.get("reasoning")
-        if isinstance(reasoning, str) and reasoning:
-            if self._open != "thinking":
-                self._open_block(
-                    "thinking", {"type": "thinking", "thinking": "", "signature": ""}, out)
-            self._delta({"type": "thinking_delta", "thinking": reasoning}, out)
+        items = [i for i in delta.get("reasoning_details") or () if isinstance(i, dict)]
+        thought = delta.get("reasoning")
+        if isinstance(thought, str) and thought:
+            # The text of a reasoning_details item of another index is another thinking block.
+            index = next((i.get("index") for i in items if i.get("type") == "reasoning.text"),
+                         None)
+            self._thinking(index, out)
+            self._delta({"type": "thinking_delta", "thinking": thought}, out)
+        for item in items:
+            kind = item.get("type")
+            sig = item.get("signature")
+            if (kind == "reasoning.text" and item.get("format") == reasoning.ANTHROPIC
+                    and isinstance(sig, str) and sig):
+                # [streaming] the block's signature_delta, just before its content_block_stop.
+                self._thinking(item.get("index"), out)
+                self._delta({"type": "signature_delta", "signature": sig}, out)
+            elif kind == "reasoning.encrypted":
+                # [streaming] redacted_thinking comes whole in its content_block_start.
+                self._open_block("redacted", _redacted(item), out)
+                self._close(out)
         text = delta.get("content")
         if isinstance(text, str) and text:
             if self._open != "text":
@@ -586,6 +651,14 @@ class MessagesStreamEncoder:
         if choice.get("finish_reason") is not None:
             self._finish = choice["finish_reason"]
             self._native = choice.get("native_finish_reason")
+
+    def _thinking(self, index: Any, out: list[bytes]) -> None:
+        """The thinking block of reasoning_details item `index` is the open one (None: any)."""
+        if self._open != "thinking" or (index is not None and index != self._thought):
+            self._open_block(
+                "thinking", {"type": "thinking", "thinking": "", "signature": ""}, out)
+        if index is not None:
+            self._thought = index
 
     def finish(self, usage: dict[str, Any]) -> bytes:
         out: list[bytes] = []

@@ -33,7 +33,7 @@ _DEFAULT_MAX_TOKENS = 16
 _COPIED = (
     "model", "temperature", "top_p", "n", "stop", "seed", "presence_penalty",
     "frequency_penalty", "logit_bias", "user", "stream", "stream_options",
-    "models", "provider", "route", "transforms", "usage", "session_id", "reasoning",
+    "models", "provider", "route", "transforms", "usage", "session_id", "reasoning", "plugins",
 )
 
 

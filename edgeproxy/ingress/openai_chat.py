@@ -51,11 +51,13 @@ class ChatStream:
         return self._frame({"choices": [], "usage": usage}) + DONE
 
     def error(self, exc: EdgeproxyError) -> bytes:
-        # The openai SDK raises APIError on a chunk with `error`.
+        # The openai SDK raises APIError on a chunk with `error`; OpenRouter's SDKs require
+        # `metadata.error_type` on it (its mid-stream error shape, "Errors and debugging").
         return self._frame({
             "choices": [{**self._error_choice, "finish_reason": "error",
                          "native_finish_reason": None}],
-            "error": {"code": exc.status, "message": exc.message, "metadata": exc.metadata},
+            "error": {"code": exc.status, "message": exc.message,
+                      "metadata": {**exc.metadata, "error_type": exc.error_type}},
         }) + DONE
 
 

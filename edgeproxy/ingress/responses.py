@@ -25,6 +25,7 @@ from typing import TYPE_CHECKING, Any
 
 import orjson
 
+from .. import reasoning
 from ..errors import BadRequest, EdgeproxyError
 from .base import Decoded, from_dict, load_object
 
@@ -34,12 +35,15 @@ if TYPE_CHECKING:
 __all__ = ["CODEC", "ResponsesCodec", "ResponsesStreamEncoder"]
 
 # OpenRouter request extras (SPEC §1.1) a client may send in any dialect: copied as they are.
-_EXTRAS = ("models", "provider", "route", "transforms", "usage", "user", "session_id")
+# (`cache_control`: its automatic prompt caching, which the Responses API takes at the top level
+# only, per OpenRouter's prompt-caching guide.)
+_EXTRAS = ("models", "provider", "route", "transforms", "usage", "user", "session_id", "plugins",
+           "cache_control")
 # [create] fields with the same name and meaning in a chat request.
 _SAME = ("model", "stream", "temperature", "top_p", "metadata", "parallel_tool_calls")
 _COPIED = _SAME + _EXTRAS
-# [create] reasoning.effort, plus OpenRouter's own reasoning fields; `summary` has no chat twin.
-_REASONING_KEYS = ("effort", "max_tokens", "exclude", "enabled")
+# [create] reasoning.effort and .summary, plus OpenRouter's own reasoning fields.
+_REASONING_KEYS = ("effort", "summary", "max_tokens", "exclude", "enabled")
 _ROLES = ("user", "assistant", "system", "developer")
 _STATELESS = (
     "{field} is not supported: edgeproxy is stateless and stores no responses or conversations; "
@@ -146,8 +150,20 @@ def _messages(doc: dict[str, Any]) -> list[dict[str, Any]]:
     if isinstance(raw, str):
         out.append({"role": "user", "content": raw})  # [create] a string input is one user turn
     elif isinstance(raw, list):
+        # Reasoning items go with the assistant turn they belong to: the next one, or the one
+        # just before when none follows (hence held until the next item is placed).
+        pending: list[dict[str, Any]] = []
         for i, item in enumerate(raw):
+            if isinstance(item, dict) and item.get("type") == "reasoning":
+                pending += _reasoning_details(item, i)
+                continue
+            before = len(out)
             _add_item(item, i, out)
+            if pending:
+                _attach(pending, out, len(out) if out[-1]["role"] == "assistant" else before)
+                pending = []
+        if pending:
+            _attach(pending, out, len(out))
     elif raw is None:
         raise BadRequest("input is required: a string or an array of input items")
     else:
@@ -202,8 +218,6 @@ def _add_item(item: Any, i: int, out: list[dict[str, Any]]) -> None:
             raise BadRequest(f"input[{i}].output must be a string or an array of content parts")
         out.append({"role": "tool", "tool_call_id": _string(item, "call_id", where),
                     "content": output})
-    elif kind == "reasoning":
-        pass  # the model's own earlier reasoning: chat has no field an upstream would take back
     elif kind == "item_reference":
         # Clients that assume OpenAI stores their outputs (`store` defaults to true) refer back
         # to them by id; the Vercel AI SDK does unless told `store: false`.
@@ -212,6 +226,40 @@ def _add_item(item: Any, i: int, out: list[dict[str, Any]]) -> None:
     else:
         raise BadRequest(f"input[{i}]: input items of type {kind!r} are not supported; "
                          "edgeproxy offers messages and function calls only")
+
+
+def _reasoning_details(item: dict[str, Any], i: int) -> list[dict[str, Any]]:
+    """[object] a reasoning item of an earlier turn -> the reasoning_details the gateway returned
+    as it: sealed in its encrypted_content (`_reasoning_item`), or an OpenAI item of another
+    origin (summaries, reasoning text, encrypted_content, by its id)."""
+    encrypted = item.get("encrypted_content")
+    sealed = reasoning.unseal(encrypted)
+    if sealed is not None:
+        return sealed
+    rid = item.get("id") if isinstance(item.get("id"), str) else None
+    fmt = reasoning.OPENAI_RESPONSES
+    out: list[dict[str, Any]] = []
+    for field in ("summary", "content"):
+        parts = item.get(field) or []
+        if not isinstance(parts, list):
+            raise BadRequest(f"input[{i}].{field} must be an array")
+        for part in parts:
+            text = part.get("text") if isinstance(part, dict) else None
+            if not isinstance(text, str):
+                raise BadRequest(f"input[{i}].{field}: each part needs a string `text`")
+            out.append(reasoning.summary_item(text, fmt, len(out), rid) if field == "summary"
+                       else reasoning.text_item(text, fmt, len(out), id=rid))
+    if isinstance(encrypted, str) and encrypted:
+        out.append(reasoning.encrypted_item(encrypted, fmt, len(out), rid))
+    return out
+
+
+def _attach(details: list[dict[str, Any]], out: list[dict[str, Any]], end: int) -> None:
+    """Give `details` to the last assistant message of out[:end] (none there: dropped)."""
+    for msg in reversed(out[:end]):
+        if msg["role"] == "assistant":
+            msg.setdefault("reasoning_details", []).extend(details)
+            return
 
 
 def _parts(parts: list[Any], i: int, field: str) -> list[dict[str, Any]]:
@@ -348,10 +396,11 @@ def response_object(result: dict[str, Any], gen: Generation) -> dict[str, Any]:
     incomplete = finish in _INCOMPLETE
     status = "incomplete" if incomplete else "completed"
     output: list[dict[str, Any]] = []
-    reasoning = message.get("reasoning")
-    if isinstance(reasoning, str) and reasoning:
-        output.append(_reasoning_item(gen, len(output), [_reasoning_text(reasoning)],
-                                      "completed"))
+    thought, details = message.get("reasoning"), message.get("reasoning_details")
+    if (isinstance(thought, str) and thought) or details:
+        text = thought if isinstance(thought, str) else ""
+        output.append(_reasoning_item(gen, len(output), [_reasoning_text(text)], "completed",
+                                      details if isinstance(details, list) else None))
     content = message.get("content")
     text = content if isinstance(content, str) else ""
     refusal = message.get("refusal")
@@ -436,12 +485,17 @@ def _reasoning_text(text: str) -> dict[str, Any]:
     return {"type": "reasoning_text", "text": text}
 
 
-def _reasoning_item(gen: Generation, index: int, content: list[dict[str, Any]],
-                    status: str) -> dict[str, Any]:
+def _reasoning_item(gen: Generation, index: int, content: list[dict[str, Any]], status: str,
+                    details: list[dict[str, Any]] | None = None) -> dict[str, Any]:
     # Chat's `reasoning` is the model's reasoning text, not a summary: [object] reasoning.content
-    # holds it as reasoning_text parts, and `summary` (required) stays empty.
-    return {"type": "reasoning", "id": _item_id("rs", gen, index), "summary": [],
-            "content": content, "status": status}
+    # holds it as reasoning_text parts, and `summary` (required) stays empty. What the upstream
+    # needs back next turn (signatures, redacted thinking, its own encrypted reasoning) is sealed
+    # in encrypted_content, which a client sends back with the item as stateless clients do.
+    item: dict[str, Any] = {"type": "reasoning", "id": _item_id("rs", gen, index), "summary": [],
+                            "content": content, "status": status}
+    if details:
+        item["encrypted_content"] = reasoning.seal(details)
+    return item
 
 
 def _call_item(gen: Generation, index: int, call_id: Any, name: str, arguments: str,
@@ -456,14 +510,16 @@ def _call_item(gen: Generation, index: int, call_id: Any, name: str, arguments: 
 
 
 class _Open:
-    """An output item being streamed: its index and the text gathered so far."""
+    """An output item being streamed: its index, the text gathered so far, and for a reasoning
+    item its reasoning_details pieces."""
 
-    __slots__ = ("index", "item", "pieces")
+    __slots__ = ("details", "index", "item", "pieces")
 
     def __init__(self, index: int, item: dict[str, Any]) -> None:
         self.index = index
         self.item = item
         self.pieces: list[str] = []
+        self.details: list[dict[str, Any]] = []
 
 
 class ResponsesStreamEncoder:
@@ -502,9 +558,12 @@ class ResponsesStreamEncoder:
                 if choice.get("index", 0) != 0:
                     continue  # a Response has one output sequence; n > 1 is never asked for
                 delta = choice.get("delta") or {}
-                reasoning = delta.get("reasoning")
-                if isinstance(reasoning, str) and reasoning:
-                    self._text("reasoning", reasoning, out)
+                thought = delta.get("reasoning")
+                details = delta.get("reasoning_details")
+                if (isinstance(thought, str) and thought) or details:
+                    self._text("reasoning", thought if isinstance(thought, str) else "", out)
+                    if isinstance(details, list) and self._current is not None:
+                        self._current.details += details
                 content = delta.get("content")
                 if isinstance(content, str) and content:
                     self._text("message", content, out)
@@ -621,7 +680,8 @@ class ResponsesStreamEncoder:
             return {**item, "arguments": text, "status": status}
         if kind == "message":
             return _message_item(self._gen, open_.index, [_output_text(text)], status)
-        return _reasoning_item(self._gen, open_.index, [_reasoning_text(text)], status)
+        return _reasoning_item(self._gen, open_.index, [_reasoning_text(text)], status,
+                               reasoning.merge(open_.details))
 
     def _close(self, open_: _Open, out: list[bytes], status: str) -> None:
         """The item's closing events; its final form replaces the in-progress one in `_output`."""

@@ -7,6 +7,9 @@ Sources, cited below by section name:
   [tools]     "Tool use" guide: tool_use / tool_result blocks, tool_choice
   [vision]    "Vision" guide: image blocks with a base64 or url source
   [errors]    "Errors" (.../api/errors): {"type": "error", "error": {"type", "message"}}
+  [thinking]  "Building with extended thinking" (.../build-with-claude/extended-thinking):
+              thinking {budget_tokens}, feature compatibility, thinking / redacted_thinking
+              blocks and their signatures, preserving them in tool-use loops
 
 The request side is plain functions over dicts; the response side is `parse_response` and one small
 state machine, `AnthropicStreamDecoder`, fed raw bytes through the shared `SSEParser`.
@@ -20,6 +23,7 @@ from typing import Any
 import msgspec
 import orjson
 
+from .. import reasoning
 from ..errors import (
     BadRequest,
     EdgeproxyError,
@@ -27,6 +31,7 @@ from ..errors import (
     UpstreamProtocolError,
     UpstreamStatusError,
 )
+from ..transforms import CHARS_PER_TOKEN
 from ._openai_request import data_url, tool_arguments
 from .base import SSEParser, Target, UpstreamCall, count_at, json_object, str_at, translated
 
@@ -143,6 +148,8 @@ class AnthropicAdapter:
         `model` and `stream` are set and the gateway-only members dropped. The answer is read by
         parse_response / stream_decoder like any other."""
         top = _top_decoder.decode(body)
+        if "thinking" not in top and target.reasoning and (target.thinking or "reasoning" in top):
+            _forward_thinking(top, target)
         for key in _GATEWAY_ONLY:
             top.pop(key, None)
         top["model"] = msgspec.Raw(_raw_encoder.encode(target.model))
@@ -160,6 +167,31 @@ class AnthropicAdapter:
         )
 
 
+def _forward_thinking(top: dict[str, msgspec.Raw], target: Target) -> None:
+    """A Messages body without `thinking` that asks for reasoning the OpenRouter way (`reasoning`
+    or the :thinking variant): its [thinking] setting, as `build_messages_body` would set it
+    (the client manages its own thinking blocks in the turns it sends)."""
+    req: dict[str, Any] = {
+        k: msgspec.json.decode(top[k])
+        for k in ("reasoning", "max_tokens", "tool_choice", "temperature", "top_k", "top_p")
+        if k in top}
+    max_tokens = req.get("max_tokens")
+    choice = req.get("tool_choice")
+    if type(max_tokens) is not int or (
+            isinstance(choice, dict) and choice.get("type") in ("any", "tool")):
+        return
+    budget = _budget(reasoning.ask(req, target.thinking), max_tokens)
+    if budget is not None:
+        out: dict[str, Any] = {
+            k: v for k, v in req.items() if k in ("temperature", "top_k", "top_p")}
+        _think(out, budget)
+        for key in ("temperature", "top_k", "top_p", "thinking"):
+            if key in out:
+                top[key] = msgspec.Raw(_raw_encoder.encode(out[key]))
+            else:
+                top.pop(key, None)
+
+
 # --------------------------------------------------------------------------- request: OpenAI -> Messages
 
 
@@ -168,6 +200,8 @@ def build_messages_body(req: dict[str, Any], target: Target, stream: bool) -> di
     messages = req.get("messages")
     if not isinstance(messages, list) or not messages:
         raise BadRequest("messages must be a non-empty array")
+    max_tokens = _max_tokens(req, target)
+    budget = _thinking_budget(req, target, max_tokens, messages)
     system: list[dict[str, Any]] = []
     turns: list[dict[str, Any]] = []
     for msg in messages:
@@ -181,7 +215,7 @@ def build_messages_body(req: dict[str, Any], target: Target, stream: bool) -> di
         if role == "user":
             blocks = _blocks(msg.get("content"))
         elif role == "assistant":
-            blocks = _assistant_blocks(msg)
+            blocks = _assistant_blocks(msg, budget is not None)
         elif role == "tool":
             # [tools] a tool result is a tool_result block inside a *user* turn.
             role, blocks = "user", [_tool_result(msg)]
@@ -197,7 +231,7 @@ def build_messages_body(req: dict[str, Any], target: Target, stream: bool) -> di
             turns.append({"role": role, "content": blocks})
     _finish_turns(turns)
 
-    out: dict[str, Any] = {"model": target.model, "max_tokens": _max_tokens(req, target)}
+    out: dict[str, Any] = {"model": target.model, "max_tokens": max_tokens}
     tools, tool_choice = _tools(req)
     response_format = req.get("response_format")
     if response_format is not None:
@@ -214,12 +248,87 @@ def build_messages_body(req: dict[str, Any], target: Target, stream: bool) -> di
         if tool_choice is not None:
             out["tool_choice"] = tool_choice
     _sampling(req, out)
+    if budget is not None:
+        _think(out, budget)
     user = req.get("user")
     if isinstance(user, str) and user:
         out["metadata"] = {"user_id": user}  # [messages] metadata.user_id
+    if isinstance(req.get("cache_control"), dict):
+        # OpenRouter's top-level form is Anthropic's own "automatic caching": the breakpoint goes
+        # on the last cacheable block (platform.claude.com/docs/en/build-with-claude/prompt-caching).
+        out["cache_control"] = req["cache_control"]
     if stream:
         out["stream"] = True
     return out
+
+
+def _thinking_budget(
+    req: dict[str, Any], target: Target, max_tokens: int, messages: list[Any]
+) -> int | None:
+    """budget_tokens of [thinking] for this request, or None to send no `thinking`.
+
+    With no room for the 1024-token minimum below max_tokens, thinking stays off, as OpenRouter
+    does (`_budget`). Thinking is also
+    left off where [thinking] "Feature compatibility" forbids it: a forced tool (tool_choice any
+    or tool, and so a json_schema answer, which rides on a forced tool) and an assistant prefill;
+    and where a tool-use loop continues from an assistant turn whose signed thinking the client
+    did not send back, which [thinking] "Preserving thinking blocks" requires first in that turn
+    (the API itself turns thinking off when a turn toggles it)."""
+    if not target.reasoning:
+        return None
+    budget = _budget(reasoning.ask(req, target.thinking), max_tokens)
+    if budget is None:
+        return None
+    choice, fmt = req.get("tool_choice"), req.get("response_format")
+    if choice == "required" or isinstance(choice, dict) or (
+            isinstance(fmt, dict) and fmt.get("type") == "json_schema"):
+        return None
+    last = messages[-1]
+    if not isinstance(last, dict) or last.get("role") == "assistant":
+        return None
+    if last.get("role") == "tool":
+        turn = next((m for m in reversed(messages)
+                     if isinstance(m, dict) and m.get("role") == "assistant"), None)
+        if turn is None or not _thinking_blocks(turn):
+            return None
+    return budget
+
+
+def _budget(asked: reasoning.Ask, max_tokens: int) -> int | None:
+    """OpenRouter's thinking budget (reasoning.thinking_budget) kept below max_tokens, as
+    [thinking] requires; None when reasoning is not on or no 1024-token budget fits."""
+    if not asked.on:
+        return None
+    budget = min(reasoning.thinking_budget(asked, max_tokens), max_tokens - 1)
+    return budget if budget >= reasoning.MIN_BUDGET else None
+
+
+def _think(out: dict[str, Any], budget: int) -> None:
+    """[thinking] on, with what it is incompatible with taken out: temperature and top_k (the
+    default, 1 and none, is what thinking takes), top_p below 0.95 (raised to it)."""
+    out["thinking"] = {"type": "enabled", "budget_tokens": budget}
+    out.pop("temperature", None)
+    out.pop("top_k", None)
+    if "top_p" in out:
+        out["top_p"] = max(out["top_p"], 0.95)
+
+
+def _thinking_blocks(msg: dict[str, Any]) -> list[dict[str, Any]]:
+    """[thinking] the signed thinking and redacted_thinking blocks of an assistant turn, from the
+    reasoning_details the gateway returned with it (Anthropic's own, in their order)."""
+    blocks: list[dict[str, Any]] = []
+    for item in reasoning.details_of(msg):
+        if item.get("format") != reasoning.ANTHROPIC:
+            continue
+        kind = item.get("type")
+        if kind == "reasoning.text" and isinstance(item.get("signature"), str) and item[
+                "signature"]:
+            text = item.get("text")
+            blocks.append({"type": "thinking", "thinking": text if isinstance(text, str) else "",
+                           "signature": item["signature"]})
+        elif kind == "reasoning.encrypted" and isinstance(item.get("data"), str):
+            blocks.append({"type": "redacted_thinking", "data": item["data"]})
+    return blocks
 
 
 def _max_tokens(req: dict[str, Any], target: Target) -> int:
@@ -359,8 +468,11 @@ def _safe_id(value: Any) -> str:
 
 
 
-def _assistant_blocks(msg: dict[str, Any]) -> list[dict[str, Any]]:
+def _assistant_blocks(msg: dict[str, Any], thinking: bool) -> list[dict[str, Any]]:
     blocks = _blocks(msg.get("content"), text_only=True)
+    if thinking:
+        # [thinking] the turn's thinking goes back first, before its text and tool_use blocks.
+        blocks[:0] = _thinking_blocks(msg)
     calls = msg.get("tool_calls")
     if calls is None:
         return blocks
@@ -393,6 +505,11 @@ def _tool_result(msg: dict[str, Any]) -> dict[str, Any]:
             block["content"] = content
     else:
         parts = _blocks(content)  # [tools] tool_result content may hold text and image blocks
+        for part in parts:
+            # [prompt caching] a breakpoint goes on the tool_result itself: the API refuses one
+            # inside tool_result.content.
+            if "cache_control" in part:
+                block["cache_control"] = part.pop("cache_control")
         if parts:
             block["content"] = parts
     return block
@@ -416,6 +533,10 @@ def _tools(req: dict[str, Any]) -> tuple[list[dict[str, Any]], dict[str, Any] | 
                 entry["description"] = fn["description"]
             params = fn.get("parameters")
             entry["input_schema"] = params if isinstance(params, dict) else {"type": "object"}
+            # [prompt caching] a breakpoint on a tool caches the tool list up to it; OpenAI-format
+            # clients put it beside `function` (Anthropic's own tools carry it on the tool).
+            if isinstance(tool.get("cache_control"), dict):
+                entry["cache_control"] = tool["cache_control"]
             tools.append(entry)
     choice = req.get("tool_choice")
     native: dict[str, Any] | None
@@ -521,6 +642,7 @@ def parse_message(msg: dict[str, Any]) -> dict[str, Any]:
         raise UpstreamProtocolError("anthropic: message content is not an array")
     texts: list[str] = []
     thinking: list[str] = []
+    details: list[dict[str, Any]] = []
     calls: list[dict[str, Any]] = []
     answer: str | None = None
     for block in content:
@@ -530,7 +652,13 @@ def parse_message(msg: dict[str, Any]) -> dict[str, Any]:
         if kind == "text":
             texts.append(_str(block, "text"))
         elif kind == "thinking":
+            # [thinking] the signature is what the next turn must send back with the text.
             thinking.append(_str(block, "thinking"))
+            details.append(reasoning.text_item(thinking[-1], reasoning.ANTHROPIC, len(details),
+                                               signature=_signature(block)))
+        elif kind == "redacted_thinking":
+            details.append(reasoning.encrypted_item(_str(block, "data"), reasoning.ANTHROPIC,
+                                                    len(details)))
         elif kind == "tool_use":
             name = _str(block, "name")
             args = orjson.dumps(block.get("input", {})).decode()
@@ -544,10 +672,12 @@ def parse_message(msg: dict[str, Any]) -> dict[str, Any]:
                         "function": {"name": name, "arguments": args},
                     }
                 )
-        # redacted_thinking, server tool blocks and block types added later have no OpenAI field.
+        # server tool blocks and block types added later have no OpenAI field.
     message: dict[str, Any] = {"role": "assistant", "content": answer or ("".join(texts) or None)}
     if thinking:
         message["reasoning"] = "".join(thinking)
+    if details:
+        message["reasoning_details"] = details
     if calls:
         message["tool_calls"] = calls
     stop_reason = _reason(msg.get("stop_reason"))
@@ -561,8 +691,26 @@ def parse_message(msg: dict[str, Any]) -> dict[str, Any]:
                 "native_finish_reason": stop_reason,
             }
         ],
-        "usage": _usage(usage if isinstance(usage, dict) else {}),
+        "usage": _reasoning_usage(_usage(usage if isinstance(usage, dict) else {}),
+                                  sum(map(len, thinking))),
     }
+
+
+def _signature(block: dict[str, Any]) -> str | None:
+    sig = block.get("signature")
+    if sig is not None and not isinstance(sig, str):
+        raise UpstreamProtocolError("anthropic: thinking.signature is not a string")
+    return sig
+
+
+def _reasoning_usage(usage: dict[str, Any], thinking_chars: int) -> dict[str, Any]:
+    """[messages] output_tokens already counts the thinking, billed as output (SPEC §5.3), but
+    says nothing of its share: reasoning_tokens is estimated from the thinking text at ~4
+    characters a token (a summary on Claude 4 models, so a floor), never above the output."""
+    if thinking_chars:
+        tokens = min(-(-thinking_chars // CHARS_PER_TOKEN), usage["completion_tokens"])
+        usage["completion_tokens_details"] = {"reasoning_tokens": tokens}
+    return usage
 
 
 def _error_event(err: dict[str, Any]) -> UpstreamStatusError:
@@ -595,10 +743,12 @@ class AnthropicStreamDecoder:
     __slots__ = (
         "_blocks",
         "_client_tool",
+        "_details",
         "_failed",
         "_sse",
         "_started",
         "_stopped",
+        "_thought",
         "_tools",
         "_usage",
     )
@@ -609,10 +759,13 @@ class AnthropicStreamDecoder:
         self._started = False
         self._stopped = False
         self._usage: dict[str, Any] = {}
-        # content-block index -> ("text"|"thinking"|"json"|"other", -1) or ("tool", tool-call index)
+        # content-block index -> ("text"|"json"|"other", -1), ("tool", tool-call index) or
+        # ("thinking", its reasoning_details index)
         self._blocks: dict[int, tuple[str, int]] = {}
         self._tools = 0
         self._client_tool = False
+        self._details = 0  # reasoning_details items so far (thinking and redacted blocks)
+        self._thought = 0  # characters of thinking text, for the reasoning-token estimate
 
     def feed(self, data: bytes) -> list[dict[str, Any]]:
         """Bytes as they arrive -> chunks; raises UpstreamStatusError for an `error` event and
@@ -680,9 +833,16 @@ class AnthropicStreamDecoder:
             if block.get("text"):
                 self._emit(out, {"content": _text(block["text"])})
         elif kind == "thinking":
-            self._blocks[index] = ("thinking", -1)
+            self._blocks[index] = ("thinking", self._details)
+            self._details += 1
             if block.get("thinking"):
-                self._emit(out, {"reasoning": _text(block["thinking"])})
+                self._think(self._details - 1, _text(block["thinking"]), out)
+        elif kind == "redacted_thinking":
+            # [streaming] a redacted_thinking block comes whole in its content_block_start.
+            item = reasoning.encrypted_item(_text(block["data"]), reasoning.ANTHROPIC,
+                                            self._details)
+            self._details += 1
+            self._emit(out, {"reasoning_details": [item]})
         elif kind == "tool_use":
             name = _text(block["name"])
             if name.startswith(JSON_TOOL_PREFIX):
@@ -700,25 +860,37 @@ class AnthropicStreamDecoder:
             self._tools += 1
             self._emit(out, {"tool_calls": [call]})
         else:
-            self._blocks[index] = ("other", -1)  # server tools, redacted thinking, later types
+            self._blocks[index] = ("other", -1)  # server tools, later types
 
     def _block_delta(self, ev: dict[str, Any], out: list[dict[str, Any]]) -> None:
-        kind, tool = self._blocks.get(ev["index"], ("other", -1))
+        kind, slot = self._blocks.get(ev["index"], ("other", -1))
         delta = ev["delta"]
         dtype = delta["type"]
         if dtype == "text_delta":
             self._emit(out, {"content": _text(delta["text"])})
         elif dtype == "thinking_delta":
-            self._emit(out, {"reasoning": _text(delta["thinking"])})
+            if kind == "thinking":
+                self._think(slot, _text(delta["thinking"]), out)
+        elif dtype == "signature_delta":
+            # [streaming] the signature comes whole, just before the block's content_block_stop.
+            if kind == "thinking":
+                item = reasoning.text_item("", reasoning.ANTHROPIC, slot,
+                                           signature=_text(delta["signature"]))
+                self._emit(out, {"reasoning_details": [item]})
         elif dtype == "input_json_delta":
             piece = _text(delta["partial_json"])
             if not piece:
                 return  # the API opens each tool_use with an empty piece
             if kind == "tool":
-                self._emit(out, {"tool_calls": [{"index": tool, "function": {"arguments": piece}}]})
+                self._emit(out, {"tool_calls": [{"index": slot, "function": {"arguments": piece}}]})
             elif kind == "json":
                 self._emit(out, {"content": piece})
-        # signature_delta, citations_delta and later delta types carry no OpenAI field.
+        # citations_delta and later delta types carry no OpenAI field.
+
+    def _think(self, detail: int, text: str, out: list[dict[str, Any]]) -> None:
+        self._thought += len(text)
+        item = reasoning.text_item(text, reasoning.ANTHROPIC, detail)
+        self._emit(out, {"reasoning": text, "reasoning_details": [item]})
 
     def _message_delta(self, ev: dict[str, Any], out: list[dict[str, Any]]) -> None:
         usage = ev.get("usage")
@@ -743,7 +915,7 @@ class AnthropicStreamDecoder:
 
     def _message_stop(self, ev: dict[str, Any], out: list[dict[str, Any]]) -> None:
         self._stopped = True
-        out.append({"choices": [], "usage": _usage(self._usage)})
+        out.append({"choices": [], "usage": _reasoning_usage(_usage(self._usage), self._thought)})
 
     def _error(self, ev: dict[str, Any], out: list[dict[str, Any]]) -> None:
         err = ev.get("error")

@@ -36,12 +36,18 @@ __all__ = [
 
 
 class Target(NamedTuple):
-    """Where one attempt goes: the provider's base URL, its key, the endpoint's upstream model id."""
+    """Where one attempt goes: the provider's base URL, its key, the endpoint's upstream model id.
+    `reasoning`: the endpoint takes reasoning (its supported_parameters say so), so the request's
+    reasoning is translated for it; `thinking`: the request named this model's :thinking variant."""
 
     base_url: str
     api_key: str
     model: str
     default_max_tokens: int
+    reasoning: bool = True
+    thinking: bool = False
+    # Request members the endpoint does not take (routing.OPTIONAL_SAMPLING it does not list).
+    drop: frozenset[str] = frozenset()
 
 
 class UpstreamCall(NamedTuple):

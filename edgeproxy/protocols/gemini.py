@@ -10,6 +10,8 @@ Sources, cited below by section name (ai.google.dev/api and ai.google.dev/gemini
   [functions]  Function calling guide; Tool.functionDeclarations; ToolConfig.functionCallingConfig
   [schema]     Schema: "a select subset of an OpenAPI 3.0 schema object"
   [signatures] "Thought signatures" guide (Gemini 3 function-calling replay rule)
+  [thinking]   "Gemini thinking" guide (ai.google.dev/gemini-api/docs/thinking): thinkingConfig,
+               thinkingBudget ranges per model, Gemini 3's thinkingLevel, includeThoughts
   [errors]     Google API errors: {"error": {"code", "message", "status"}}
 
 The request side is plain functions over dicts; the response side is `parse_response` and one small
@@ -24,6 +26,7 @@ from urllib.parse import quote, urlsplit
 
 import orjson
 
+from .. import reasoning
 from ..errors import (
     BadRequest,
     UpstreamError,
@@ -121,7 +124,7 @@ class GeminiAdapter:
     ) -> UpstreamCall:
         """POST {base_url}/models/{model}:generateContent (or :streamGenerateContent?alt=sse).
         Raises BadRequest (400) for what Gemini cannot express."""
-        payload = translated(req, build_generate_body)
+        payload = translated(req, lambda r: build_generate_body(r, target))
         model = target.model.removeprefix("models/")
         method = ":streamGenerateContent?alt=sse" if stream else ":generateContent"
         url = f"{target.base_url.rstrip('/')}/models/{quote(model, safe='-._~')}{method}"
@@ -163,7 +166,7 @@ class GeminiAdapter:
 # --------------------------------------------------------------------------- request: OpenAI -> Gemini
 
 
-def build_generate_body(req: dict[str, Any]) -> dict[str, Any]:
+def build_generate_body(req: dict[str, Any], target: Target) -> dict[str, Any]:
     """The GenerateContentRequest body for one OpenAI chat request (a pure function)."""
     messages = req.get("messages")
     if not isinstance(messages, list) or not messages:
@@ -206,6 +209,9 @@ def build_generate_body(req: dict[str, Any]) -> dict[str, Any]:
         if tool_config:
             out["toolConfig"] = tool_config
     config = _generation_config(req)
+    thinking = _thinking_config(req, target, config.get("maxOutputTokens"))
+    if thinking is not None:
+        config["thinkingConfig"] = thinking
     if config:
         out["generationConfig"] = config
     return out
@@ -278,12 +284,15 @@ def _parts(content: Any, text_only: bool = False) -> list[dict[str, Any]]:
 
 def _model_parts(msg: dict[str, Any], call_names: dict[str, str]) -> list[dict[str, Any]]:
     parts = _parts(msg.get("content"), text_only=True)
+    # [signatures] the thought signatures the gateway returned with this turn (reasoning_details
+    # of Gemini's format): by tool call id for a functionCall part, else the turn's last part's.
+    signed = {item.get("id"): item["data"] for item in reasoning.details_of(msg)
+              if item.get("format") == reasoning.GEMINI and item.get("type") == "reasoning.encrypted"
+              and isinstance(item.get("data"), str)}
     calls = msg.get("tool_calls")
-    if calls is None:
-        return parts
-    if not isinstance(calls, list):
+    if calls is not None and not isinstance(calls, list):
         raise BadRequest("tool_calls must be an array")
-    for n, call in enumerate(calls):
+    for n, call in enumerate(calls or ()):
         fn = call.get("function") if isinstance(call, dict) else None
         if not isinstance(fn, dict) or not isinstance(fn.get("name"), str):
             raise BadRequest("each tool call needs function.name")
@@ -294,12 +303,14 @@ def _model_parts(msg: dict[str, Any], call_names: dict[str, str]) -> list[dict[s
         }
         # [signatures] the signature sits on the first functionCall part of each model step (the
         # later calls of a parallel batch carry none); a real one is always passed back.
-        signature = _signature(call)
+        signature = signed.pop(call.get("id"), None) or _signature(call)
         if signature is None and n == 0:
             signature = SKIP_SIGNATURE
         if signature is not None:
             part["thoughtSignature"] = signature
         parts.append(part)
+    if None in signed and parts and "thoughtSignature" not in parts[-1]:
+        parts[-1]["thoughtSignature"] = signed[None]
     return parts
 
 
@@ -409,6 +420,53 @@ def _generation_config(req: dict[str, Any]) -> dict[str, Any]:
             config["responseMimeType"] = "application/json"
         elif fmt_type != "text":
             raise BadRequest("response_format must be text, json_object or json_schema")
+    return config
+
+
+# [thinking] thinkingBudget by model family: (lowest budget, highest, whether 0 turns thinking off).
+# Families are told apart by the upstream model id; an unknown one is taken for a Flash.
+_BUDGETS = (
+    ("2.5-flash-lite", (512, 24576, True)),
+    ("2.5-pro", (128, 32768, False)),
+    ("flash", (1, 24576, True)),
+)
+_FLASH = (1, 24576, True)
+# [thinking] Gemini 3 takes thinkingLevel: Flash has all four, Pro only low and high ("Gemini 3
+# Pro Preview ... low and high"); OpenRouter maps effort to the nearest level the model has.
+_LEVELS = ("minimal", "low", "medium", "high")
+_PRO_LEVELS = ("low", "high")
+_EFFORT_LEVEL = {"max": "high", "xhigh": "high", "high": "high", "medium": "medium",
+                 "low": "low", "minimal": "minimal", "none": "minimal"}
+
+
+def _thinking_config(req: dict[str, Any], target: Target, max_output: Any) -> dict[str, Any] | None:
+    """[thinking] ThinkingConfig for the request's reasoning (reasoning.Ask), or None to leave the
+    model's default (2.5 models think dynamically, and show no thoughts). includeThoughts returns
+    thought summaries, which become `reasoning`; `exclude` leaves them out (still billed)."""
+    if not target.reasoning:
+        return None
+    asked = reasoning.ask(req, target.thinking)
+    if asked.on is None:
+        return None
+    model = target.model.lower()
+    config: dict[str, Any] = {}
+    if "gemini-3" in model and asked.budget is None:
+        levels = _PRO_LEVELS if "pro" in model else _LEVELS
+        want = _LEVELS.index(_EFFORT_LEVEL[(asked.effort or "medium") if asked.on else "none"])
+        # The nearest level the model has; a tie goes up (the higher one is the default).
+        config["thinkingLevel"] = min(
+            levels, key=lambda lv: (abs(_LEVELS.index(lv) - want), -_LEVELS.index(lv)))
+    else:
+        lowest, highest, can_stop = next(
+            (r for name, r in _BUDGETS if name in model), _FLASH)
+        if not asked.on:
+            config["thinkingBudget"] = 0 if can_stop else lowest
+        else:
+            limit = max_output if isinstance(max_output, int) else target.default_max_tokens
+            config["thinkingBudget"] = min(
+                reasoning.thinking_budget(asked, limit, lowest, highest), highest)
+    if asked.on and not asked.exclude:
+        config["includeThoughts"] = True
     return config
 
 
@@ -571,13 +629,38 @@ class _Ids:
         return own if isinstance(own, str) and own else f"call_{self.n - 1}"
 
 
+class _Details:
+    """One candidate's reasoning_details as its parts come: consecutive thought pieces make one
+    reasoning.text item (one index, as clients join a stream's pieces), and each thought
+    signature an encrypted item of its own, with the tool call's id when it signs a functionCall
+    ([signatures]: the client sends them back, see _model_parts)."""
+
+    __slots__ = ("n", "thinking")
+
+    def __init__(self) -> None:
+        self.n = 0
+        self.thinking = False
+
+    def thought(self, text: str) -> dict[str, Any]:
+        if not self.thinking:
+            self.thinking = True
+            self.n += 1
+        return reasoning.text_item(text, reasoning.GEMINI, self.n - 1)
+
+    def signature(self, sig: str, call_id: str | None) -> dict[str, Any]:
+        self.thinking = False
+        self.n += 1
+        return reasoning.encrypted_item(sig, reasoning.GEMINI, self.n - 1, call_id)
+
+
 def _read_parts(
-    candidate: dict[str, Any], ids: _Ids
-) -> tuple[list[str], list[str], list[dict[str, Any]]]:
-    """[content] a candidate's parts -> (text pieces, thought pieces, OpenAI tool calls)."""
+    candidate: dict[str, Any], ids: _Ids, details: _Details
+) -> tuple[list[str], list[str], list[dict[str, Any]], list[dict[str, Any]]]:
+    """[content] a candidate's parts -> (text pieces, thought pieces, OpenAI tool calls,
+    reasoning_details items)."""
     content = candidate.get("content")
     if content is None:
-        return [], [], []  # e.g. a SAFETY stop carries no content
+        return [], [], [], []  # e.g. a SAFETY stop carries no content
     if not isinstance(content, dict):
         raise UpstreamProtocolError("gemini: candidate content is not an object")
     parts = content.get("parts", [])
@@ -586,14 +669,25 @@ def _read_parts(
     texts: list[str] = []
     thoughts: list[str] = []
     calls: list[dict[str, Any]] = []
+    items: list[dict[str, Any]] = []
     for part in parts:
         if not isinstance(part, dict):
             raise UpstreamProtocolError("gemini: a part is not an object")
+        call_id = None
+        sig = part.get("thoughtSignature")
+        if not isinstance(sig, str) or not sig:
+            sig = None
         if "text" in part:
             text = part["text"]
             if not isinstance(text, str):
                 raise UpstreamProtocolError("gemini: part.text is not a string")
-            (thoughts if part.get("thought") is True else texts).append(text)
+            if part.get("thought") is True:  # [thinking] a thought summary (includeThoughts)
+                thoughts.append(text)
+                if text:
+                    items.append(details.thought(text))
+            else:
+                texts.append(text)
+                details.thinking = False
         elif "functionCall" in part:
             fc = part["functionCall"]
             if not isinstance(fc, dict) or not isinstance(fc.get("name"), str):
@@ -604,12 +698,14 @@ def _read_parts(
                 "type": "function",
                 "function": {"name": fc["name"], "arguments": orjson.dumps(args).decode()},
             }
-            sig = part.get("thoughtSignature")
-            if isinstance(sig, str) and sig:
+            call_id = call["id"]
+            if sig is not None:
                 call["extra_content"] = {"google": {"thought_signature": sig}}
             calls.append(call)
         # inlineData (generated images), executableCode, codeExecutionResult: no OpenAI field.
-    return texts, thoughts, calls
+        if sig is not None:
+            items.append(details.signature(sig, call_id))
+    return texts, thoughts, calls, items
 
 
 def _candidates(obj: dict[str, Any]) -> list[tuple[int, dict[str, Any]]]:
@@ -654,10 +750,12 @@ def parse_generate_response(obj: dict[str, Any]) -> dict[str, Any]:
     ids = _Ids()
     choices = []
     for index, cand in _candidates(obj):
-        texts, thoughts, calls = _read_parts(cand, ids)
+        texts, thoughts, calls, items = _read_parts(cand, ids, _Details())
         message: dict[str, Any] = {"role": "assistant", "content": "".join(texts) or None}
         if thoughts:
             message["reasoning"] = "".join(thoughts)
+        if items:
+            message["reasoning_details"] = reasoning.merge(items)
         if calls:
             message["tool_calls"] = calls
         reason = _reason(cand)
@@ -708,7 +806,7 @@ class GeminiStreamDecoder:
     finishReason (or the prompt was blocked, which ends it with no candidate at all).
     """
 
-    __slots__ = ("_failed", "_finished", "_ids", "_meta", "_seen", "_sse", "_tools")
+    __slots__ = ("_details", "_failed", "_finished", "_ids", "_meta", "_seen", "_sse", "_tools")
 
     def __init__(self) -> None:
         self._sse = SSEParser()
@@ -718,6 +816,7 @@ class GeminiStreamDecoder:
         self._seen: set[int] = set()  # candidate indexes that have had their role chunk
         self._finished: set[int] = set()
         self._tools: dict[int, int] = {}  # candidate index -> tool calls so far
+        self._details: dict[int, _Details] = {}  # candidate index -> its reasoning items
 
     def feed(self, data: bytes) -> list[dict[str, Any]]:
         """Bytes as they arrive -> chunks; raises UpstreamStatusError for an in-stream error object
@@ -764,18 +863,28 @@ class GeminiStreamDecoder:
                 self._finished.add(0)
             return
         for index, cand in candidates:
-            texts, thoughts, calls = _read_parts(cand, self._ids)
+            details = self._details.get(index)
+            if details is None:
+                details = self._details[index] = _Details()
+            texts, thoughts, calls, items = _read_parts(cand, self._ids, details)
             self._delta(index, {}, out)
-            if thoughts:
-                self._delta(index, {"reasoning": "".join(thoughts)}, out)
-            if texts and any(texts):
-                self._delta(index, {"content": "".join(texts)}, out)
+            # The event's reasoning_details ride on its first delta (or one of their own).
+            pending = {"reasoning_details": reasoning.merge(items)} if items else {}
+            if any(thoughts):
+                self._delta(index, {"reasoning": "".join(thoughts), **pending}, out)
+                pending = {}
+            if any(texts):
+                self._delta(index, {"content": "".join(texts), **pending}, out)
+                pending = {}
             if calls:
                 start = self._tools.get(index, 0)
                 self._tools[index] = start + len(calls)
                 for n, call in enumerate(calls):
                     call["index"] = start + n
-                self._delta(index, {"tool_calls": calls}, out)
+                self._delta(index, {"tool_calls": calls, **pending}, out)
+                pending = {}
+            if pending:
+                self._delta(index, pending, out)
             reason = _reason(cand)
             if reason is not None and index not in self._finished:
                 self._finished.add(index)

@@ -32,6 +32,15 @@ from ..errors import (
     UpstreamProtocolError,
     UpstreamStatusError,
 )
+from ..reasoning import (
+    OPENAI_RESPONSES,
+    ask,
+    details_of,
+    encrypted_item,
+    openai_effort,
+    summary_item,
+    text_item,
+)
 from ._openai_request import tool_arguments
 from .base import SSEParser, Target, UpstreamCall, count_at, json_object, str_at, translated
 from .openai import error_message
@@ -148,9 +157,13 @@ def build_responses_body(req: dict[str, Any], target: Target, stream: bool) -> d
             if not isinstance(value, int | float) or isinstance(value, bool):
                 raise BadRequest(f"{key} must be a number")
             out[key] = value
-    reasoning = _reasoning(req)
+    reasoning = _reasoning(req, target)
     if reasoning:
         out["reasoning"] = reasoning
+        if reasoning.get("effort") != "none" and not ask(req, target.thinking).exclude:
+            # [create] include: the reasoning comes back encrypted, so that the next turn can
+            # send it back (store is false: nothing is kept at OpenAI).
+            out["include"] = ["reasoning.encrypted_content"]
     user, metadata = req.get("user"), req.get("metadata")
     if isinstance(user, str) and user:
         out["user"] = user
@@ -235,7 +248,7 @@ def _assistant_items(msg: dict[str, Any]) -> list[dict[str, Any]]:
 
     [create] an input message with role assistant and string content is an earlier model output
     (the API types it as output_text; input_text parts would be refused in that role)."""
-    items: list[dict[str, Any]] = []
+    items = _reasoning_items(msg)
     text = _plain_text(msg.get("content"), "assistant")
     if text:
         items.append({"type": "message", "role": "assistant", "content": text})
@@ -347,25 +360,39 @@ def _max_tokens(req: dict[str, Any]) -> int | None:
     return None
 
 
-def _reasoning(req: dict[str, Any]) -> dict[str, Any]:
-    """OpenRouter's `reasoning` {effort} or OpenAI's `reasoning_effort` -> [create] reasoning.
-    `summary` (OpenAI's own member) passes through: reasoning summaries come back only when
-    asked for, and OpenAI grants them to verified organisations only."""
-    effort = req.get("reasoning_effort")
-    raw = req.get("reasoning")
-    summary = None
-    if raw is not None:
-        if not isinstance(raw, dict):
-            raise BadRequest("reasoning must be an object")
-        effort = raw.get("effort", effort)
-        summary = raw.get("summary")
+def _reasoning(req: dict[str, Any], target: Target) -> dict[str, Any]:
+    """The request's reasoning (edgeproxy.reasoning) -> [create] reasoning {effort, summary}, for
+    an endpoint that takes reasoning (an effort-only API). `summary` (OpenAI's own member)
+    passes through: reasoning summaries come back only when asked for, and OpenAI grants them
+    to verified organisations only."""
+    if not target.reasoning:
+        return {}
+    asked = ask(req, target.thinking)
     out: dict[str, Any] = {}
-    for key, value in (("effort", effort), ("summary", summary)):
-        if value is not None:
-            if not isinstance(value, str):
-                raise BadRequest(f"reasoning.{key} must be a string")
-            out[key] = value
+    effort = openai_effort(asked, _max_tokens(req) or target.default_max_tokens)
+    if effort is not None:
+        out["effort"] = effort
+    if asked.summary is not None:
+        out["summary"] = asked.summary
     return out
+
+
+def _reasoning_items(msg: dict[str, Any]) -> list[dict[str, Any]]:
+    """[object] the reasoning items of an earlier assistant turn, from the reasoning_details the
+    gateway returned with it: only those with their encrypted_content, the one form a
+    stateless (store: false) request can send back; their summaries ride along."""
+    items: dict[str, dict[str, Any]] = {}
+    for detail in details_of(msg):
+        rid = detail.get("id")
+        if detail.get("format") != OPENAI_RESPONSES or not isinstance(rid, str):
+            continue
+        item = items.setdefault(rid, {"type": "reasoning", "id": rid, "summary": []})
+        kind = detail.get("type")
+        if kind == "reasoning.encrypted" and isinstance(detail.get("data"), str):
+            item["encrypted_content"] = detail["data"]
+        elif kind == "reasoning.summary" and isinstance(detail.get("summary"), str):
+            item["summary"].append({"type": "summary_text", "text": detail["summary"]})
+    return [item for item in items.values() if "encrypted_content" in item]
 
 
 # --------------------------------------------------------------------------- response: Responses -> chat
@@ -389,18 +416,22 @@ def _count(obj: Any, key: str) -> int:
 
 
 def _usage(u: Any) -> dict[str, Any]:
-    """[object] usage -> OpenAI usage. input_tokens already includes the cached part, and
-    output_tokens the reasoning tokens (billed as completion tokens, SPEC §5.3)."""
+    """[object] usage -> OpenAI usage. input_tokens already includes the cached part (read, and
+    written where the model bills writes: `cache_write_tokens`, GPT-5.6 and later per OpenRouter's
+    prompt-caching guide), and output_tokens the reasoning tokens (billed as completion tokens,
+    SPEC §5.3)."""
     if not isinstance(u, dict):
         u = {}
     prompt = _count(u, "input_tokens")
     completion = _count(u, "output_tokens")
+    details = u.get("input_tokens_details")
     return {
         "prompt_tokens": prompt,
         "completion_tokens": completion,
         "total_tokens": prompt + completion,
         "prompt_tokens_details": {
-            "cached_tokens": _count(u.get("input_tokens_details"), "cached_tokens")
+            "cached_tokens": _count(details, "cached_tokens"),
+            "cache_write_tokens": _count(details, "cache_write_tokens"),
         },
         "completion_tokens_details": {
             "reasoning_tokens": _count(u.get("output_tokens_details"), "reasoning_tokens")
@@ -452,6 +483,23 @@ def _summary_text(item: dict[str, Any]) -> list[str]:
     return [_str(p, "text") for p in parts if isinstance(p, dict) and "text" in p]
 
 
+def _details(item: dict[str, Any], index: int) -> list[dict[str, Any]]:
+    """[object] a reasoning item -> its reasoning_details (numbered from `index`), each with the
+    item's id: summaries, reasoning text and the encrypted_content (asked for by `include`)."""
+    rid = item.get("id") if isinstance(item.get("id"), str) else None
+    out: list[dict[str, Any]] = []
+    for part in _list(item, "summary"):
+        if isinstance(part, dict) and "text" in part:
+            out.append(summary_item(_str(part, "text"), OPENAI_RESPONSES, index + len(out), rid))
+    for part in _list(item, "content"):
+        if isinstance(part, dict) and "text" in part:
+            out.append(text_item(_str(part, "text"), OPENAI_RESPONSES, index + len(out), id=rid))
+    data = item.get("encrypted_content")
+    if isinstance(data, str) and data:
+        out.append(encrypted_item(data, OPENAI_RESPONSES, index + len(out), rid))
+    return out
+
+
 def parse_response(resp: dict[str, Any]) -> dict[str, Any]:
     """[object] a Response -> the OpenAI choices and usage."""
     if resp.get("status") == "failed":
@@ -461,6 +509,7 @@ def parse_response(resp: dict[str, Any]) -> dict[str, Any]:
     texts: list[str] = []
     refusals: list[str] = []
     reasoning: list[str] = []
+    details: list[dict[str, Any]] = []
     calls: list[dict[str, Any]] = []
     for item in _list(resp, "output"):
         if not isinstance(item, dict):
@@ -477,12 +526,15 @@ def parse_response(resp: dict[str, Any]) -> dict[str, Any]:
             calls.append(_call(item))
         elif kind == "reasoning":
             reasoning.extend(_summary_text(item))
+            details.extend(_details(item, len(details)))
         # hosted-tool items (web_search_call, file_search_call, ...) have no chat field.
     message: dict[str, Any] = {"role": "assistant", "content": "".join(texts) or None}
     if refusals:
         message["refusal"] = "".join(refusals)
     if reasoning:
         message["reasoning"] = "\n\n".join(reasoning)
+    if details:
+        message["reasoning_details"] = details
     if calls:
         message["tool_calls"] = calls
     finish, native = _ending(resp, bool(calls))
@@ -524,7 +576,7 @@ class ResponsesStreamDecoder:
     annotations, hosted tools, events added later) carry nothing new and are skipped.
     """
 
-    __slots__ = ("_args", "_done", "_failed", "_part", "_sse", "_started", "_tools")
+    __slots__ = ("_args", "_details", "_done", "_failed", "_part", "_sse", "_started", "_tools")
 
     def __init__(self) -> None:
         self._sse = SSEParser()
@@ -534,6 +586,7 @@ class ResponsesStreamDecoder:
         self._tools: dict[str, int] = {}  # output item id (or output_index) -> tool-call index
         self._args: list[bool] = []  # per tool call: whether argument text has gone out
         self._part: tuple[str, Any] | None = None  # the reasoning part deltas last came from
+        self._details = 0  # reasoning_details items so far
 
     def feed(self, data: bytes) -> list[dict[str, Any]]:
         """Bytes as they arrive -> chunks; raises UpstreamStatusError for response.failed or an
@@ -649,6 +702,13 @@ class ResponsesStreamDecoder:
 
     def _item_done(self, ev: dict[str, Any], out: list[dict[str, Any]]) -> None:
         item = ev["item"]
+        if item["type"] == "reasoning":
+            # Its text went out as reasoning deltas; the item's reasoning_details go whole.
+            details = _details(item, self._details)
+            if details:
+                self._details += len(details)
+                self._emit(out, {"reasoning_details": details})
+            return
         if item["type"] != "function_call":
             return
         index = self._tools.get(self._key(ev))

@@ -72,6 +72,10 @@ class SimOptions(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     shaped by drop_after (content chunks before a drop), fault_status and retry_after (the
     Retry-After of a 429). reply: fixed answer text; otherwise "Echo: <user words…>" padded to
     max_reply_tokens. models: ids listed by the models endpoint (a default set when empty).
+    cached_tokens / cache_write_tokens: prompt tokens every answer reports as read from / written
+    to the provider's prompt cache (at most the prompt), in the protocol's own usage fields
+    (Gemini has no write count); the anthropic simulator otherwise caches what `cache_control`
+    marks by itself (anthropic.py `_cache_use`).
     """
 
     latency_ms: NonNegative = 0.0
@@ -86,6 +90,13 @@ class SimOptions(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     reply: str | None = None
     max_reply_tokens: Annotated[int, msgspec.Meta(ge=1)] = 16
     models: list[str] = msgspec.field(default_factory=list)
+    cached_tokens: Annotated[int, msgspec.Meta(ge=0)] = 0
+    cache_write_tokens: Annotated[int, msgspec.Meta(ge=0)] = 0
+
+    def cache_split(self, prompt_tokens: int) -> tuple[int, int]:
+        """(read, written) of a prompt of `prompt_tokens`: the configured counts, clamped."""
+        read = min(self.cached_tokens, prompt_tokens)
+        return read, min(self.cache_write_tokens, prompt_tokens - read)
 
 
 class Stats(msgspec.Struct):
@@ -112,6 +123,8 @@ class Sim:
         self.history: deque[dict[str, Any]] = deque(maxlen=100)
         self.stats = Stats()
         self.rng = random.Random(opts.seed)
+        # Prompt prefixes the provider holds in its cache: digest -> expiry (time.monotonic()).
+        self.prompt_cache: dict[bytes, float] = {}
 
     def configure(self, patch: dict[str, Any]) -> SimOptions:
         """Merge `patch` into the options; raises msgspec.ValidationError on a bad field."""
@@ -123,10 +136,12 @@ class Sim:
         return opts
 
     def reset(self) -> None:
-        """Forget history and counters and restart the PRNG (in-flight requests stay active)."""
+        """Forget history, counters and the prompt cache and restart the PRNG (in-flight requests
+        stay active)."""
         self.history.clear()
         self.stats = Stats(active=self.stats.active)
         self.rng.seed(self.opts.seed)
+        self.prompt_cache.clear()
 
     def record(self, request: web.Request, raw: bytes, body: Any) -> None:
         self.history.append(
@@ -202,9 +217,11 @@ class Conversation:
     forced_tool: str | None = None
     json_schema: Any = None
     json_mode: bool = False
+    reasoning: bool = False  # the request turns the model's thinking on
     max_tokens: int | None = None
     stop: list[str] = field(default_factory=list)
-    cache_control: bool = False  # the prompt marks a cacheable prefix (Anthropic cache_control)
+    # Anthropic: the prompt as its prompt cache sees it, block by block (see anthropic.py).
+    cache_blocks: list[tuple[bytes, int, float]] = field(default_factory=list)
 
     @property
     def prompt_tokens(self) -> int:
@@ -227,6 +244,12 @@ class Plan:
     tool_args: Any = None
     tool_json: str = ""
     tool_pieces: list[str] = field(default_factory=list)
+    thought: str = ""  # the model's reasoning, when the request turned thinking on
+
+    @property
+    def thought_tokens(self) -> int:
+        """Reasoning tokens, which every vendor bills as output on top of completion_tokens."""
+        return count_tokens(self.thought)
 
     @property
     def completion_tokens(self) -> int:
@@ -297,6 +320,8 @@ def _wants_tool(conv: Conversation) -> bool:
 def make_plan(conv: Conversation, opts: SimOptions, *, safety_word: str | None = None) -> Plan:
     """Decide the answer to a conversation. Pure: the same request gives the same plan."""
     plan = Plan(prompt_tokens=conv.prompt_tokens)
+    if conv.reasoning:
+        plan.thought = f"Considering: {conv.last_user_text}".strip()
     if safety_word and conv.last_role == "user" and safety_word in conv.last_user_text.lower():
         plan.finish = "safety"
         return plan

@@ -5,12 +5,19 @@ content blocks text / image / tool_use / tool_result, stop_reason, usage with th
 fields), "Streaming Messages" (event order message_start, content_block_start, ping,
 content_block_delta with text_delta / input_json_delta, content_block_stop, message_delta,
 message_stop, and `event: error` mid-stream), "Errors" (the body {"type": "error", "error":
-{"type", "message"}} and the status of each error type, 529 overloaded_error) and "Versioning"
-(the anthropic-version header is required). Routes: POST /v1/messages, GET /v1/models.
+{"type", "message"}} and the status of each error type, 529 overloaded_error), "Versioning"
+(the anthropic-version header is required) and "Extended thinking" (`thinking` and what it rules
+out; a signed thinking block first in the answer, signature_delta when streamed, a
+redacted_thinking block when the prompt says "redact"; thinking blocks sent back must carry their
+signature, and a tool-use continuation must start with its thinking). Routes: POST /v1/messages,
+GET /v1/models.
 """
 
 from __future__ import annotations
 
+import base64
+import hashlib
+import time
 from typing import Any
 
 import orjson
@@ -69,6 +76,7 @@ _ERRORS: dict[int, tuple[str, str]] = {
     529: ("overloaded_error", "Overloaded"),
 }
 OVERLOADED = {"type": "error", "error": {"type": "overloaded_error", "message": "Overloaded"}}
+_REDACTED_TOKENS = 8  # what a redacted_thinking block adds to output_tokens
 
 
 def error(status: int, message: str | None = None, request_id: str = "") -> web.Response:
@@ -95,12 +103,82 @@ def _check_headers(request: web.Request, sim: Sim) -> None:
         raise Invalid("anthropic-version: header is required")
 
 
-def _has_cache_control(value: Any) -> bool:
-    if isinstance(value, dict):
-        return "cache_control" in value or any(_has_cache_control(v) for v in value.values())
-    if isinstance(value, list):
-        return any(_has_cache_control(v) for v in value)
-    return False
+# "Prompt caching": a breakpoint also hits a prefix cached up to 20 blocks before it; a cache lives
+# 5 minutes from its last use, or 1 hour with "ttl": "1h". (The minimum cacheable length, 1024+
+# tokens, is not simulated: the simulator's prompts are a few words.)
+_LOOKBACK = 20
+_KEEP_S = 10_000  # prefixes held before the expired ones are swept
+
+
+def _ttl(mark: Any) -> float:
+    if not isinstance(mark, dict):
+        return 0.0
+    return 3600.0 if mark.get("ttl") == "1h" else 300.0
+
+
+def _cache_blocks(body: dict[str, Any]) -> list[tuple[bytes, int, float]]:
+    """A validated request's prompt in prompt caching's order (tools, system, messages): each
+    block's content without its mark, its tokens, and the TTL of a breakpoint on it (0: none).
+    A top-level cache_control ("automatic caching") marks the last block."""
+    out: list[tuple[bytes, int, float]] = []
+
+    def add(role: str, block: Any, tokens: int) -> None:
+        mark = block.get("cache_control") if isinstance(block, dict) else None
+        bare = {k: v for k, v in block.items() if k != "cache_control"} \
+            if isinstance(block, dict) else block
+        out.append((orjson.dumps([role, bare], option=orjson.OPT_SORT_KEYS), tokens, _ttl(mark)))
+
+    tools = body.get("tools")
+    for tool in tools if isinstance(tools, list) else ():
+        add("tool", tool, 0)  # (tool definitions add no prompt tokens in the simulator)
+    system = body.get("system")
+    if isinstance(system, str):
+        add("system", system, count_tokens(system))
+    for block in system if isinstance(system, list) else ():
+        add("system", block, count_tokens(block.get("text", "")) if isinstance(block, dict) else 0)
+    for msg in body["messages"]:
+        content = msg["content"]
+        if isinstance(content, str):
+            add(msg["role"], content, count_tokens(content))
+            continue
+        for block in content:
+            add(msg["role"], block, count_tokens(_block_text(block, "")))
+    top = _ttl(body.get("cache_control"))
+    if top and out and not out[-1][2]:
+        out[-1] = (out[-1][0], out[-1][1], top)
+    return out
+
+
+def _cache_use(cache: dict[bytes, float], model: str, blocks: list[tuple[bytes, int, float]],
+               now: float) -> tuple[int, int]:
+    """(tokens read, tokens written) of one request: the longest prefix already cached at a
+    breakpoint (or up to _LOOKBACK blocks before it) is read, the rest up to the last breakpoint
+    is written; each breakpoint's prefix is then cached, and the one read kept alive."""
+    marks = [i for i, b in enumerate(blocks) if b[2]]
+    if not marks:
+        return 0, 0
+    running = hashlib.sha256(model.encode())
+    digests, totals, total = [], [], 0
+    for key, tokens, _ in blocks:
+        running.update(len(key).to_bytes(8, "big") + key)
+        digests.append(running.digest())
+        total += tokens
+        totals.append(total)
+    hit = -1
+    for m in marks:
+        for j in range(m, max(-1, m - _LOOKBACK - 1), -1):
+            if cache.get(digests[j], 0.0) > now:
+                hit = max(hit, j)
+                break
+    if len(cache) > _KEEP_S:
+        for d in [d for d, until in cache.items() if until <= now]:
+            del cache[d]
+    if hit >= 0:
+        cache[digests[hit]] = max(cache[digests[hit]], now + 300.0)
+    for m in marks:
+        cache[digests[m]] = max(cache.get(digests[m], 0.0), now + blocks[m][2])
+    read = totals[hit] if hit >= 0 else 0
+    return read, max(0, totals[marks[-1]] - read)
 
 
 def _block_text(block: dict[str, Any], where: str) -> str:
@@ -141,7 +219,33 @@ def _block_text(block: dict[str, Any], where: str) -> str:
         if isinstance(content, list):
             return " ".join(b.get("text", "") for b in content if isinstance(b, dict))
         return str(content)
-    return str(block.get("thinking", ""))
+    if kind == "redacted_thinking":
+        if not _redacted_ok(block.get("data")):
+            raise Invalid(f"{where}: Invalid `data` in `redacted_thinking` block")
+        return ""
+    # "Extended thinking": a thinking block must come back exactly as it was returned; the
+    # signature vouches for the text.
+    text = block.get("thinking")
+    if not isinstance(text, str) or block.get("signature") != signature(text):
+        raise Invalid(f"{where}: Invalid `signature` in `thinking` block")
+    return text
+
+
+def signature(thinking: str) -> str:
+    """The signature the simulator gives a thinking block's text (opaque and checked, like
+    Anthropic's)."""
+    return base64.b64encode(b"EqSim" + hashlib.sha256(thinking.encode()).digest()).decode()
+
+
+_REDACTED = b"sim-redacted-thinking:"
+REDACT_WORD = "redact"  # a prompt with this word also gets a redacted_thinking block
+
+
+def _redacted_ok(data: Any) -> bool:
+    try:
+        return isinstance(data, str) and base64.b64decode(data).startswith(_REDACTED)
+    except ValueError:
+        return False
 
 
 def parse(body: Any) -> tuple[str, Conversation]:
@@ -202,9 +306,10 @@ def parse(body: Any) -> tuple[str, Conversation]:
         else:
             conv.last_role = "assistant"
     _parse_tools(body, conv)
+    _parse_thinking(body, conv, messages)
     stops = body.get("stop_sequences")
     conv.stop = [s for s in stops if isinstance(s, str)] if isinstance(stops, list) else []
-    conv.cache_control = _has_cache_control([system, messages, body.get("tools")])
+    conv.cache_blocks = _cache_blocks(body)
     return model, conv
 
 
@@ -234,6 +339,61 @@ def _parse_tools(body: dict[str, Any], conv: Conversation) -> None:
     conv.tool_choice = {"any": "required", "tool": "auto"}.get(kind, str(kind))
 
 
+_DOCS = " Please consult our documentation at https://docs.claude.com/en/docs/build-with-claude/"
+
+
+def _parse_thinking(body: dict[str, Any], conv: Conversation, messages: list[Any]) -> None:
+    """"Extended thinking": the `thinking` setting and what it rules out ("Feature
+    compatibility"), and the tool-use rule of "Preserving thinking blocks"."""
+    thinking = body.get("thinking")
+    if thinking is None:
+        return
+    kind = thinking.get("type") if isinstance(thinking, dict) else None
+    if kind not in ("enabled", "disabled", "adaptive"):
+        raise Invalid("thinking: Input tag found using 'type' does not match any of the expected "
+                      "tags: 'enabled', 'disabled', 'adaptive'")
+    if kind == "disabled":
+        return
+    if kind == "enabled":
+        budget = thinking.get("budget_tokens")
+        if not isinstance(budget, int) or isinstance(budget, bool):
+            raise Invalid("thinking.enabled.budget_tokens: Field required")
+        if budget < 1024:
+            raise Invalid("thinking.enabled.budget_tokens: Input should be greater than or "
+                          "equal to 1024")
+        if conv.max_tokens is not None and budget >= conv.max_tokens:
+            raise Invalid("`max_tokens` must be greater than `thinking.budget_tokens`."
+                          + _DOCS + "extended-thinking#max-tokens-and-context-window-size")
+    if body.get("temperature") not in (None, 1, 1.0):
+        raise Invalid("`temperature` may only be set to 1 when thinking is enabled."
+                      + _DOCS + "extended-thinking#feature-compatibility")
+    if body.get("top_k") is not None:
+        raise Invalid("`top_k` must be unset when thinking is enabled."
+                      + _DOCS + "extended-thinking#feature-compatibility")
+    top_p = body.get("top_p")
+    if isinstance(top_p, int | float) and top_p < 0.95:
+        raise Invalid("`top_p` must be greater than or equal to 0.95 or unset when thinking is "
+                      "enabled." + _DOCS + "extended-thinking#feature-compatibility")
+    choice = body.get("tool_choice")
+    if isinstance(choice, dict) and choice.get("type") in ("any", "tool"):
+        raise Invalid("Thinking may not be enabled when tool_choice forces tool use.")
+    last = messages[-1]
+    content = last.get("content")
+    if len(messages) > 1 and last["role"] == "user" and isinstance(content, list) and any(
+            isinstance(b, dict) and b.get("type") == "tool_result" for b in content):
+        turn = messages[-2].get("content")
+        first = turn[0].get("type") if isinstance(turn, list) and turn else "text"
+        if first not in ("thinking", "redacted_thinking"):
+            raise Invalid(
+                f"messages.{len(messages) - 2}.content.0.type: Expected `thinking` or "
+                f"`redacted_thinking`, but found `{first}`. When `thinking` is enabled, a final "
+                "`assistant` message must start with a thinking block (preceeding the lastmost "
+                "set of `tool_use` and `tool_result` blocks). We recommend you include thinking "
+                "blocks from previous turns. To avoid this requirement, disable `thinking`."
+                + _DOCS + "extended-thinking")
+    conv.reasoning = True
+
+
 class _Responder:
     """Renders a plan as a Messages response or its event stream."""
 
@@ -243,19 +403,31 @@ class _Responder:
         self.id = sim.new_id("msg_01", 22)
         self.tool_id = sim.new_id("toolu_01", 22)
         self.request_id = sim.new_id("req_011", 22)
-        # With prompt caching the cached part is read, not input: input_tokens counts the rest.
-        self.cache_read = plan.prompt_tokens // 2 if conv.cache_control else 0
-        self.input_tokens = plan.prompt_tokens - self.cache_read
+        # [prompt caching] input_tokens counts only what was neither read from nor written to
+        # the cache: the three counts add up to the prompt.
+        read, written = sim.opts.cache_split(plan.prompt_tokens)
+        if not (read or written):
+            read, written = _cache_use(sim.prompt_cache, model, conv.cache_blocks,
+                                       time.monotonic())
+        self.cache_read = min(read, plan.prompt_tokens)
+        self.cache_write = min(written, plan.prompt_tokens - self.cache_read)
+        self.input_tokens = plan.prompt_tokens - self.cache_read - self.cache_write
         # Claude usually says a few words before a tool call it was not forced to make.
         self.preamble = ""
         if plan.finish == "tool" and conv.tool_choice == "auto" and not conv.forced_tool:
             self.preamble = f"I'll use the {plan.tool_name} tool."
-        self.output_tokens = plan.completion_tokens + count_tokens(self.preamble)
+        # With thinking on, the answer starts with a signed thinking block (and a redacted one
+        # when the prompt asks for it); thinking is billed as output.
+        self.redacted = ""
+        if plan.thought and REDACT_WORD in conv.last_user_text.lower():
+            self.redacted = base64.b64encode(_REDACTED + sim.new_id("", 32).encode()).decode()
+        self.output_tokens = (plan.completion_tokens + count_tokens(self.preamble)
+                              + plan.thought_tokens + (_REDACTED_TOKENS if self.redacted else 0))
 
     def usage(self, output_tokens: int) -> dict[str, int]:
         return {
             "input_tokens": self.input_tokens,
-            "cache_creation_input_tokens": 0,
+            "cache_creation_input_tokens": self.cache_write,
             "cache_read_input_tokens": self.cache_read,
             "output_tokens": output_tokens,
         }
@@ -273,11 +445,21 @@ class _Responder:
             "usage": self.usage(self.output_tokens if stop else 1),
         }
 
+    def thinking(self) -> list[dict[str, Any]]:
+        thought = self.plan.thought
+        if not thought:
+            return []
+        out = [{"type": "thinking", "thinking": thought, "signature": signature(thought)}]
+        if self.redacted:
+            out.append({"type": "redacted_thinking", "data": self.redacted})
+        return out
+
     def blocks(self) -> list[dict[str, Any]]:
         plan = self.plan
         if plan.finish != "tool":
-            return [{"type": "text", "text": plan.text}] if plan.text else []
-        out = [{"type": "text", "text": self.preamble}] if self.preamble else []
+            return [*self.thinking(), *([{"type": "text", "text": plan.text}] if plan.text else [])]
+        out = [*self.thinking(), *([{"type": "text", "text": self.preamble}]
+                                   if self.preamble else [])]
         tool = {"type": "tool_use", "id": self.tool_id, "name": plan.tool_name}
         return [*out, {**tool, "input": plan.tool_args}]
 
@@ -299,6 +481,14 @@ class _Responder:
 
         # Each block: (content_block_start payload, [content_block_delta deltas]).
         blocks: list[tuple[dict[str, Any], list[dict[str, Any]]]] = []
+        if plan.thought:
+            # "Streaming": thinking_delta pieces, then one signature_delta before the stop; a
+            # redacted_thinking block comes whole in its content_block_start.
+            deltas = [{"type": "thinking_delta", "thinking": p} for p in pieces(plan.thought)]
+            deltas.append({"type": "signature_delta", "signature": signature(plan.thought)})
+            blocks.append(({"type": "thinking", "thinking": "", "signature": ""}, deltas))
+            if self.redacted:
+                blocks.append(({"type": "redacted_thinking", "data": self.redacted}, []))
         text = self.preamble if plan.finish == "tool" else plan.text
         if text:
             deltas = [{"type": "text_delta", "text": p} for p in pieces(text)]

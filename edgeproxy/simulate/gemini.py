@@ -8,11 +8,17 @@ finishReason and usageMetadata), "API keys" (x-goog-api-key header or ?key=), an
 › Error codes" (the google.rpc body {"error": {"code", "message", "status"}}). streamGenerateContent
 answers Server-Sent Events with CRLF line ends when called with ?alt=sse, and one JSON array
 otherwise. Proto3 JSON: both camelCase and snake_case field names are accepted, zero counts are
-left out. Routes: POST /v1beta/models/{model}:{method}, GET /v1beta/models (v1 too).
+left out. "Thinking" and "Thought signatures": generationConfig.thinkingConfig checked per model
+family (thinkingBudget range, Gemini 3's thinkingLevel), thought parts with includeThoughts,
+thoughtsTokenCount, signed answers, and signatures checked when they come back (Gemini 3 requires
+them on the current turn's function calls). Routes: POST /v1beta/models/{model}:{method}, GET
+/v1beta/models (v1 too).
 """
 
 from __future__ import annotations
 
+import base64
+import hashlib
 from typing import Any
 
 import orjson
@@ -30,6 +36,7 @@ from ._common import (
     json_response,
     make_plan,
     nap,
+    pieces,
     send_truncated,
     sever,
 )
@@ -125,6 +132,25 @@ def _check_key(request: web.Request, sim: Sim) -> None:
         )
 
 
+# "Thinking": thinkingBudget per model family (lowest, highest, whether 0 turns thinking off);
+# Gemini 3 takes thinkingLevel (Pro: low and high only).
+_BUDGETS = (("2.5-flash-lite", (512, 24576, True)), ("2.5-pro", (128, 32768, False)),
+            ("flash", (1, 24576, True)))
+_LEVELS = ("minimal", "low", "medium", "high")
+_PRO_LEVELS = ("low", "high")
+# "Thought signatures": the documented value that skips the check.
+SKIP_SIGNATURE = "skip_thought_signature_validator"
+
+
+def signature(part: dict[str, Any]) -> str:
+    """The thoughtSignature the simulator gives a part (a functionCall, or an answer's text):
+    opaque and checked when it comes back, like Google's."""
+    call = _get(part, "functionCall")
+    what = orjson.dumps(call if call is not None else part.get("text", ""),
+                        option=orjson.OPT_SORT_KEYS)
+    return base64.b64encode(b"sim-thought:" + hashlib.sha256(what).digest()[:16]).decode()
+
+
 def _part_text(part: Any, where: str) -> tuple[str, str | None]:
     """Validate a part; returns (prompt text, tool result text or None)."""
     if not isinstance(part, dict):
@@ -135,6 +161,9 @@ def _part_text(part: Any, where: str) -> tuple[str, str | None]:
             f"* GenerateContentRequest.{where}.data: required oneof field 'data' must have one "
             "initialized field\n"
         )
+    sig = _get(part, "thoughtSignature")
+    if sig is not None and sig != SKIP_SIGNATURE and sig != signature(part):
+        raise Invalid(f"Thought signature is not valid ({where}).")
     if isinstance(part.get("text"), str):
         return part["text"], None
     inline = _get(part, "inlineData")
@@ -150,6 +179,67 @@ def _part_text(part: Any, where: str) -> tuple[str, str | None]:
     if isinstance(call, dict):
         return orjson.dumps(call.get("args", {})).decode(), None
     return "", None
+
+
+def parse_thinking(body: dict[str, Any], model: str, conv: Conversation) -> bool:
+    """"Thinking": validate generationConfig.thinkingConfig for `model`; sets conv.reasoning
+    when the model thinks, and returns whether its thoughts are included in the answer. Gemini 3
+    also requires each model step of the current turn that calls functions to carry its
+    thought signature ("Thought signatures")."""
+    if "gemini-3" in model:
+        _check_signatures(body["contents"])
+    config = _get(_get(body, "generationConfig") or {}, "thinkingConfig")
+    if config is None:
+        return False
+    if not isinstance(config, dict):
+        raise Invalid('Invalid JSON payload received. Unknown name "thinkingConfig".')
+    budget, level = _get(config, "thinkingBudget"), _get(config, "thinkingLevel")
+    if budget is not None and level is not None:
+        raise Invalid("You can only set only one of thinking budget and thinking level.")
+    if level is not None:
+        levels = _PRO_LEVELS if "pro" in model else _LEVELS
+        if "gemini-3" not in model:
+            raise Invalid("Thinking level is not supported for this model.")
+        if level not in levels:
+            raise Invalid(f"Thinking level {level} is not supported for this model. Supported "
+                          f"levels: {', '.join(levels)}.")
+    elif budget is not None:
+        lowest, highest, can_stop = next((r for name, r in _BUDGETS if name in model),
+                                         _BUDGETS[-1][1])
+        if not isinstance(budget, int) or isinstance(budget, bool):
+            raise Invalid(f"Invalid value at 'generation_config.thinking_config.thinking_budget'"
+                          f" (TYPE_INT32), {budget!r}")
+        if budget == 0 and not can_stop:
+            raise Invalid("Budget 0 is invalid. This model only works in thinking mode.")
+        if budget not in (0, -1) and not lowest <= budget <= highest:
+            raise Invalid(f"The thinking budget {budget} is invalid. Please choose a value "
+                          f"between {lowest} and {highest}.")
+        if budget == 0:
+            return False
+    conv.reasoning = True
+    return _get(config, "includeThoughts") is True
+
+
+def _check_signatures(contents: list[dict[str, Any]]) -> None:
+    """The current turn (after the last user text) must send back the signature of the first
+    functionCall part of each model step."""
+    start = 0
+    for i, content in enumerate(contents):
+        if content.get("role", "user") == "user" and any(
+                isinstance(p, dict) and "text" in p for p in content["parts"]):
+            start = i + 1
+    for content in contents[start:]:
+        calls = [(j, p) for j, p in enumerate(content["parts"])
+                 if content.get("role") == "model" and _get(p, "functionCall") is not None]
+        if calls and _get(calls[0][1], "thoughtSignature") is None:
+            j, part = calls[0]
+            name = _get(part, "functionCall").get("name")
+            raise Invalid(
+                "Function call is missing a thought_signature in functionCall parts. This is "
+                "required for tools to work correctly, and missing thought_signature may lead to "
+                f"degraded model performance. Additional data, function call `default_api:{name}`"
+                f" , position {j + 1}. Please refer to "
+                "https://ai.google.dev/gemini-api/docs/thought-signatures for more details.")
 
 
 def parse(body: Any) -> Conversation:
@@ -233,11 +323,16 @@ def _parse_tools(body: dict[str, Any], conv: Conversation) -> None:
 
 
 class _Responder:
-    """Renders a plan as one GenerateContentResponse or a stream of them."""
+    """Renders a plan as one GenerateContentResponse or a stream of them. A thinking model
+    ("Thinking") reports thoughtsTokenCount, answers with its thought summary first when asked
+    (includeThoughts), and signs its answer ("Thought signatures": the first functionCall part
+    of a step; on Gemini 3 also the last part of a text answer)."""
 
-    def __init__(self, sim: Sim, request: web.Request, model: str, plan: Plan) -> None:
+    def __init__(self, sim: Sim, request: web.Request, model: str, plan: Plan,
+                 thoughts: bool = False) -> None:
         self.sim, self.request, self.model, self.plan = sim, request, model, plan
         self.response_id = sim.new_id("", 22)
+        self.thoughts = thoughts and bool(plan.thought)
 
     def chunk(self, parts: list[dict[str, Any]] | None, finish: bool, emitted: int):
         plan = self.plan
@@ -250,9 +345,17 @@ class _Responder:
                 candidate["safetyRatings"] = _SAFETY_RATINGS
         candidate["index"] = 0
         usage = {"promptTokenCount": plan.prompt_tokens}
-        if emitted:  # proto3 JSON leaves zero counts out
+        # `UsageMetadata`: cachedContentTokenCount is the cached part of promptTokenCount;
+        # there is no write count (a cache is billed as storage).
+        cached = self.sim.opts.cache_split(plan.prompt_tokens)[0]
+        if cached:  # proto3 JSON leaves zero counts out
+            usage["cachedContentTokenCount"] = cached
+        if emitted:
             usage["candidatesTokenCount"] = emitted
-        usage["totalTokenCount"] = plan.prompt_tokens + emitted
+        thoughts = plan.thought_tokens if plan.finish != "safety" else 0
+        if thoughts:  # billed as output, beside candidatesTokenCount
+            usage["thoughtsTokenCount"] = thoughts
+        usage["totalTokenCount"] = plan.prompt_tokens + emitted + thoughts
         return {
             "candidates": [candidate],
             "usageMetadata": usage,
@@ -260,32 +363,47 @@ class _Responder:
             "responseId": self.response_id,
         }
 
+    def signed(self, part: dict[str, Any], text: bool = False) -> dict[str, Any]:
+        if self.plan.thought and (not text or "gemini-3" in self.model):
+            part["thoughtSignature"] = signature(part if not text else {"text": self.plan.text})
+        return part
+
+    def call_part(self) -> dict[str, Any]:
+        plan = self.plan
+        return self.signed({"functionCall": {"name": plan.tool_name, "args": plan.tool_args}})
+
     def chunks(self) -> list[dict[str, Any]]:
-        """The stream: one chunk per token, finishReason on the last; a function call comes
-        whole in one chunk (Gemini does not stream partial arguments)."""
+        """The stream: the thought summary's pieces, then one chunk per token, finishReason on
+        the last; a function call comes whole in one chunk (Gemini does not stream partial
+        arguments)."""
         plan = self.plan
         if plan.finish == "safety":
             return [self.chunk(None, True, 0)]
+        thought = [self.chunk([{"text": p, "thought": True}], False, 0)
+                   for p in (pieces(plan.thought) if self.thoughts else [])]
         if plan.finish == "tool":
-            call = {"functionCall": {"name": plan.tool_name, "args": plan.tool_args}}
-            return [self.chunk([call], True, plan.completion_tokens)]
+            return [*thought, self.chunk([self.call_part()], True, plan.completion_tokens)]
         tokens = plan.pieces or [""]
-        return [
-            self.chunk([{"text": p}], i == len(tokens) - 1, min(i + 1, len(plan.pieces)))
+        last = len(tokens) - 1
+        return thought + [
+            self.chunk([self.signed({"text": p}, True) if i == last else {"text": p}],
+                       i == last, min(i + 1, len(plan.pieces)))
             for i, p in enumerate(tokens)
         ]
 
     async def whole(self) -> web.StreamResponse:
         plan = self.plan
         if self.sim.opts.tokens_per_s:
-            await nap(self.request, plan.completion_tokens / self.sim.opts.tokens_per_s)
+            tokens = plan.completion_tokens + plan.thought_tokens
+            await nap(self.request, tokens / self.sim.opts.tokens_per_s)
+        thought = [{"text": plan.thought, "thought": True}] if self.thoughts else []
         if plan.finish == "safety":
             body = self.chunk(None, True, 0)
         elif plan.finish == "tool":
-            call = {"functionCall": {"name": plan.tool_name, "args": plan.tool_args}}
-            body = self.chunk([call], True, plan.completion_tokens)
+            body = self.chunk([*thought, self.call_part()], True, plan.completion_tokens)
         else:
-            body = self.chunk([{"text": plan.text}], True, plan.completion_tokens)
+            body = self.chunk([*thought, self.signed({"text": plan.text}, True)], True,
+                              plan.completion_tokens)
         resp = json_response(body)
         if self.sim.cut() is not None:
             await send_truncated(self.request, resp)
@@ -328,9 +446,11 @@ def routes(sim: Sim) -> list[web.RouteDef]:
         try:
             _check_key(request, sim)
             conv = parse(body)
+            thoughts = parse_thinking(body, model, conv)
         except Invalid as exc:
             return error(exc.status, exc.message, exc.extra.get("details"))
-        responder = _Responder(sim, request, model, make_plan(conv, sim.opts, safety_word="unsafe"))
+        responder = _Responder(sim, request, model, make_plan(conv, sim.opts, safety_word="unsafe"),
+                               thoughts)
         if method == "streamGenerateContent":
             return await responder.stream(sse=request.query.get("alt") == "sse")
         return await responder.whole()

@@ -3,7 +3,9 @@
 Follows the OpenAI API reference: "Chat › Create chat completion" (the request, the
 `chat.completion` object, the `chat.completion.chunk` stream and `stream_options.include_usage`),
 "Completions (legacy)", "Embeddings › Create embeddings", "Models › List", and "Error codes" for
-the error body {"error": {"message", "type", "param", "code"}}. Routes: POST /v1/chat/completions
+the error body {"error": {"message", "type", "param", "code"}}; "Reasoning models":
+`reasoning_effort`, whose hidden reasoning is counted in usage (OpenRouter's own `reasoning` is an
+unknown argument here). Routes: POST /v1/chat/completions
 (also /chat/completions), POST /v1/completions, POST /v1/embeddings, GET /v1/models.
 """
 
@@ -26,6 +28,7 @@ from ._common import (
     Pacer,
     Plan,
     Sim,
+    SimOptions,
     count_tokens,
     endpoint,
     json_response,
@@ -48,6 +51,8 @@ FINISH = {
     "safety": "content_filter",
 }
 DEFAULT_MODELS = ["gpt-4o-mini", "gpt-4o"]
+# "Reasoning models": reasoning_effort values (models differ in which they take).
+EFFORTS = ("none", "minimal", "low", "medium", "high", "xhigh")
 FINGERPRINT = "fp_edgeproxy_sim"
 # "Embeddings › Create embeddings" and the embeddings guide: 1536 numbers a vector (3072 for
 # text-embedding-3-large); `dimensions` "only supported in text-embedding-3 and later models";
@@ -236,6 +241,7 @@ def parse_chat(body: Any) -> tuple[str, Conversation]:
     if conv.last_role in ("tool", "function"):
         conv.last_role, conv.tool_result = "tool", _text_of(last.get("content"))
     _parse_tools(body, conv)
+    _parse_reasoning(body, conv)
     fmt = body.get("response_format")
     if isinstance(fmt, dict) and fmt.get("type") == "json_schema":
         spec = fmt.get("json_schema")
@@ -243,6 +249,21 @@ def parse_chat(body: Any) -> tuple[str, Conversation]:
     elif isinstance(fmt, dict) and fmt.get("type") == "json_object":
         conv.json_mode = True
     return model, conv
+
+
+def _parse_reasoning(body: dict[str, Any], conv: Conversation) -> None:
+    """reasoning_effort turns hidden reasoning on (its tokens are reported in usage, never
+    shown); OpenRouter's own `reasoning` members are unknown arguments to OpenAI."""
+    for name in ("reasoning", "include_reasoning"):
+        if name in body:
+            raise Invalid(f"Unrecognized request argument supplied: {name}", code=None)
+    effort = body.get("reasoning_effort")
+    if effort is not None:
+        if effort not in EFFORTS:
+            supported = ", ".join(f"'{e}'" for e in EFFORTS[:-1]) + f", and '{EFFORTS[-1]}'"
+            raise Invalid(f"Invalid value: '{effort}'. Supported values are: {supported}.",
+                          param="reasoning_effort", code="invalid_value")
+        conv.reasoning = effort != "none"
 
 
 def _parse_tools(body: dict[str, Any], conv: Conversation) -> None:
@@ -351,14 +372,22 @@ def _headers(sim: Sim) -> dict[str, str]:
     return {"x-request-id": sim.new_id("req_", 32), "openai-version": "2020-10-01"}
 
 
-def _usage(plan: Plan) -> dict[str, Any]:
+def _usage(plan: Plan, opts: SimOptions, n: int = 1) -> dict[str, Any]:
+    # "Prompt caching": cached_tokens is the part of prompt_tokens read from the cache;
+    # cache_write_tokens appears only where writes are billed (GPT-5.6 and later).
+    read, written = opts.cache_split(plan.prompt_tokens)
+    prompt_details = {"cached_tokens": read, "audio_tokens": 0}
+    if written:
+        prompt_details["cache_write_tokens"] = written
+    # "Reasoning models": reasoning_tokens are the hidden part of completion_tokens.
+    completion = (plan.completion_tokens + plan.thought_tokens) * n
     return {
         "prompt_tokens": plan.prompt_tokens,
-        "completion_tokens": plan.completion_tokens,
-        "total_tokens": plan.prompt_tokens + plan.completion_tokens,
-        "prompt_tokens_details": {"cached_tokens": 0, "audio_tokens": 0},
+        "completion_tokens": completion,
+        "total_tokens": plan.prompt_tokens + completion,
+        "prompt_tokens_details": prompt_details,
         "completion_tokens_details": {
-            "reasoning_tokens": 0,
+            "reasoning_tokens": plan.thought_tokens * n,
             "audio_tokens": 0,
             "accepted_prediction_tokens": 0,
             "rejected_prediction_tokens": 0,
@@ -369,9 +398,11 @@ def _usage(plan: Plan) -> dict[str, Any]:
 class _Responder:
     """Renders one plan as a chat.completion, a text_completion, or their streams."""
 
-    def __init__(self, sim: Sim, request: web.Request, model: str, plan: Plan, legacy: bool):
+    def __init__(self, sim: Sim, request: web.Request, model: str, plan: Plan, legacy: bool,
+                 n: int = 1):
         self.sim, self.request, self.model = sim, request, model
         self.plan, self.legacy = plan, legacy
+        self.n = n  # choices of a whole chat answer (each the same here), billed n times
         self.id = sim.new_id("cmpl-" if legacy else "chatcmpl-")
         self.created = now()
         self.headers = _headers(sim)
@@ -407,7 +438,8 @@ class _Responder:
             body = {**self._envelope("chat.completion"), "choices": [choice]}
             body["service_tier"] = "default"
         choice["finish_reason"] = finish
-        body["usage"] = _usage(plan)
+        body["choices"] += [{**choice, "index": i} for i in range(1, self.n)]
+        body["usage"] = _usage(plan, self.sim.opts, self.n)
         resp = json_response(body, headers=self.headers)
         if self.sim.cut() is not None:
             await send_truncated(self.request, resp)  # a drop: half the JSON, then EOF
@@ -458,7 +490,7 @@ class _Responder:
         last["finish_reason"] = FINISH[plan.finish]
         await resp.write(event(last))
         if include_usage:
-            tail = {**base, "choices": [], "usage": _usage(plan)}
+            tail = {**base, "choices": [], "usage": _usage(plan, self.sim.opts)}
             await resp.write(b"data: " + orjson.dumps(tail) + b"\n\n")
         await resp.write(b"data: [DONE]\n\n")
         return resp
@@ -478,7 +510,9 @@ def routes(sim: Sim) -> list[web.RouteDef]:
             except Invalid as exc:
                 return _invalid_response(exc)
             plan = make_plan(conv, sim.opts)
-            responder = _Responder(sim, request, model, plan, legacy)
+            n = body.get("n")
+            n = n if type(n) is int and 1 <= n <= 128 and not legacy else 1
+            responder = _Responder(sim, request, model, plan, legacy, n)
             if body.get("stream") is True:
                 options = body.get("stream_options")
                 include = isinstance(options, dict) and options.get("include_usage") is True

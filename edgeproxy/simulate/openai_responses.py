@@ -9,12 +9,16 @@ each with a sequence_number, ending in response.completed or response.incomplete
 response.failed for a failure mid-stream; no [DONE]). The "Function calling" guide's strict mode:
 function tools are strict unless `strict: false`, so an omitted `strict` makes every property
 required, and an explicit `strict: true` refuses a schema that is not strict-ready. Errors, auth and
-the overload status are the chat simulator's ("Error codes"). Routes: POST /v1/responses (also
-/responses).
+the overload status are the chat simulator's ("Error codes"). "Conversation state" and
+"Reasoning": with `include: ["reasoning.encrypted_content"]` the reasoning item carries its
+encrypted content, and with `store: false` a reasoning item comes back only with it. Routes: POST
+/v1/responses (also /responses).
 """
 
 from __future__ import annotations
 
+import base64
+import binascii
 from typing import Any
 
 import orjson
@@ -38,13 +42,12 @@ from ._common import (
     send_truncated,
     sever,
 )
-from .openai import _check_auth, _type_name, _wants_stream, error
+from .openai import EFFORTS, _check_auth, _type_name, _wants_stream, error
 
 __all__ = ["routes"]
 
 MIN_OUTPUT_TOKENS = 16
 ROLES = ("assistant", "system", "developer", "user")
-EFFORTS = ("none", "minimal", "low", "medium", "high", "xhigh")
 SUMMARIES = ("auto", "concise", "detailed")
 # Content part types per role: what a model said, or what it is given.
 _OUTPUT_PARTS = ("output_text", "refusal")
@@ -110,6 +113,9 @@ class _Request:
         self._tool_choice(body.get("tool_choice"))
         self._text_format(body.get("text"))
         self.reasoning = self._reasoning(body.get("reasoning"))
+        include = body.get("include")
+        # `include`: the reasoning comes back encrypted, to be sent back with a stateless request.
+        self.encrypted = isinstance(include, list) and ENCRYPTED in include
 
     def _max_output_tokens(self) -> int | None:
         value = self.body.get("max_output_tokens")
@@ -178,10 +184,28 @@ class _Request:
                 text = output if isinstance(output, str) else _parts_text(output, where)
                 conv.prompt_texts.append(text)
                 conv.last_role, conv.tool_result = "tool", text
-            elif kind != "reasoning":  # reasoning items replay earlier thinking: no prompt text
+            elif kind == "reasoning":  # earlier thinking, replayed: no prompt text
+                self._reasoning_item(item)
+            else:
                 raise _bad_value(
                     kind, f"{where}.type", ("message", "function_call", "function_call_output")
                 )
+
+    def _reasoning_item(self, item: dict[str, Any]) -> None:
+        """"Conversation state": with store false nothing is kept, so a reasoning item comes back
+        only with its encrypted_content, which must be what the API gave."""
+        rid = item.get("id")
+        data = item.get("encrypted_content")
+        if data is None:
+            if self.body.get("store") is False:
+                raise Invalid(
+                    f"Item with id '{rid}' not found. Items are not persisted when `store` is set "
+                    "to false. Try again with `store` set to true, or remove this item from your "
+                    "input.", param="input")
+            return
+        if not isinstance(data, str) or not _sealed(data):
+            raise Invalid(f"The encrypted content for item {rid} could not be verified.",
+                          param="input", code="invalid_encrypted_content")
 
     def _message(self, item: dict[str, Any], where: str) -> None:
         role = item.get("role")
@@ -307,6 +331,17 @@ def _not_strict(schema: Any, path: tuple[str, ...] = ()) -> str | None:
     return _not_strict(schema.get("items"), (*path, "items"))
 
 
+ENCRYPTED = "reasoning.encrypted_content"
+_SEALED = b"sim-reasoning:"
+
+
+def _sealed(data: str) -> bool:
+    try:
+        return base64.b64decode(data, validate=True).startswith(_SEALED)
+    except binascii.Error:
+        return False
+
+
 class _Failed(Exception):
     """The stream ended with response.failed (midstream_error): return what was written."""
 
@@ -327,6 +362,7 @@ class _Responder:
         reasoning = req.reasoning
         self.thought = f"Considering: {req.conv.last_user_text}".strip() if reasoning else ""
         self.summary = bool(reasoning and reasoning["summary"])
+        self.encrypted = bool(reasoning and req.encrypted)
         self.item_ids = {kind: sim.new_id(prefix, 48) for kind, prefix in _ITEM_PREFIX.items()}
         self.call_id = sim.new_id("call_")
 
@@ -337,9 +373,10 @@ class _Responder:
     def usage(self) -> dict[str, Any]:
         plan, reasoning = self.plan, count_tokens(self.thought)
         output = plan.completion_tokens + reasoning
+        read, written = self.sim.opts.cache_split(plan.prompt_tokens)  # parts of input_tokens
         return {
             "input_tokens": plan.prompt_tokens,
-            "input_tokens_details": {"cached_tokens": 0, "cache_write_tokens": 0},
+            "input_tokens_details": {"cached_tokens": read, "cache_write_tokens": written},
             "output_tokens": output,
             "output_tokens_details": {"reasoning_tokens": reasoning},
             "total_tokens": plan.prompt_tokens + output,
@@ -381,8 +418,11 @@ class _Responder:
     # -- output items, whole (as in the response object) or opening (as output_item.added)
 
     def reasoning_item(self, whole: bool) -> dict[str, Any]:
-        summary = [{"type": "summary_text", "text": self.thought}] if whole else []
-        return {"id": self.item_ids["reasoning"], "type": "reasoning", "summary": summary}
+        summary = [{"type": "summary_text", "text": self.thought}] if whole and self.summary else []
+        item = {"id": self.item_ids["reasoning"], "type": "reasoning", "summary": summary}
+        if whole and self.encrypted:
+            item["encrypted_content"] = base64.b64encode(_SEALED + self.thought.encode()).decode()
+        return item
 
     def call_item(self, whole: bool) -> dict[str, Any]:
         return {
@@ -412,7 +452,7 @@ class _Responder:
         }
 
     def output(self) -> list[dict[str, Any]]:
-        out = [self.reasoning_item(True)] if self.summary else []
+        out = [self.reasoning_item(True)] if self.summary or self.encrypted else []
         if self.plan.finish == "tool":
             return [*out, self.call_item(True)]
         return [*out, self.message_item(True)]
@@ -430,7 +470,7 @@ class _Responder:
     def frames(self) -> list[tuple[bool, dict[str, Any]]]:
         """The events between response.in_progress and the terminal one, in order, each marked
         True when it carries generated tokens (paced, and counted for drop_after)."""
-        frames = self._reasoning_frames() if self.summary else []
+        frames = self._reasoning_frames() if self.summary or self.encrypted else []
         index = 1 if frames else 0  # the answer follows the reasoning item, if there is one
         if self.plan.finish == "tool":
             return frames + self._call_frames(index)
@@ -439,8 +479,7 @@ class _Responder:
     def _reasoning_frames(self) -> list[tuple[bool, dict[str, Any]]]:
         at = {"item_id": self.item_ids["reasoning"], "output_index": 0, "summary_index": 0}
         part = {"type": "summary_text", "text": ""}
-        return [
-            _plain("response.output_item.added", item=self.reasoning_item(False), output_index=0),
+        summary = [
             _plain("response.reasoning_summary_part.added", part=part, **at),
             *[
                 _paced("response.reasoning_summary_text.delta", delta=piece, **at)
@@ -450,6 +489,10 @@ class _Responder:
             _plain(
                 "response.reasoning_summary_part.done", part={**part, "text": self.thought}, **at
             ),
+        ] if self.summary else []
+        return [
+            _plain("response.output_item.added", item=self.reasoning_item(False), output_index=0),
+            *summary,
             _plain("response.output_item.done", item=self.reasoning_item(True), output_index=0),
         ]
 

@@ -15,6 +15,7 @@ import openai
 import pytest
 
 from edgeproxy import simulate
+from edgeproxy.config import DEFAULT_PARAMETERS
 from tests.conftest import SimHandle, Stack, config
 from tests.functional.test_translation import PIXEL
 from tests.functional.test_translation import WEATHER_TOOL as WEATHER
@@ -25,7 +26,9 @@ def gateway_for(stack: Stack, **sim_opts: Any) -> tuple[SimHandle, openai.OpenAI
     gw = stack.gateway(config(
         [("openai-responses", sim, {"prompt": "15", "completion": "120"})],
         model="openai/gpt-5-pro",
-        model_extra={"input_modalities": ["text", "image"]},
+        # A reasoning model: its reasoning settings are translated (edgeproxy.reasoning).
+        model_extra={"input_modalities": ["text", "image"],
+                     "supported_parameters": [*DEFAULT_PARAMETERS, "reasoning"]},
     ))
     return sim, openai.OpenAI(base_url=gw.base_url, api_key="sk-client", max_retries=0)
 

@@ -228,9 +228,9 @@ def test_overload_falls_back_and_midstream_error_ends_stream(stack: Stack, proto
 
 def test_anthropic_cache_tokens_reach_usage(stack: Stack) -> None:
     _, _gw, c = gateway_for(stack, "anthropic")
-    r = c.chat.completions.create(model="test/model", messages=[{"role": "user", "content": [
+    details = [c.chat.completions.create(model="test/model", messages=[{"role": "user", "content": [
         {"type": "text", "text": "a long shared prefix " * 10, "cache_control": {"type": "ephemeral"}},
         {"type": "text", "text": "and the question"},
-    ]}])
-    details = r.usage.prompt_tokens_details
-    assert details is not None and details.cached_tokens > 0
+    ]}]).usage.prompt_tokens_details for _ in range(2)]  # the prefix written, then read
+    assert [(d.cache_write_tokens, d.cached_tokens) for d in details] == \
+        [(40, 0), (0, 40)]

@@ -116,7 +116,9 @@ def test_decode_a_full_conversation() -> None:
                  "function": {"name": "get_weather", "arguments": '{"city":"Oslo"}'}},
                 {"id": "toolu_2", "type": "function",
                  "function": {"name": "get_weather", "arguments": '{"city":"Bergen"}'}},
-            ]},
+            ], "reasoning_details": [  # the signed thinking, for an upstream to restore
+                {"type": "reasoning.text", "text": "use the tool", "signature": "sig", "id": None,
+                 "format": "anthropic-claude-v1", "index": 0}]},
             {"role": "tool", "tool_call_id": "toolu_1", "content": "12 degrees"},
             {"role": "tool", "tool_call_id": "toolu_2", "content": "Error: service down"},
             {"role": "user", "content": "Summarise."},
@@ -533,3 +535,56 @@ def test_any_json_body_decodes_or_is_a_400(doc: Any) -> None:
             run()
         except BadRequest:
             pass
+
+
+CLAUDE_TEXT = {"type": "reasoning.text", "format": "anthropic-claude-v1", "id": None}
+GEMINI_SIG = {"type": "reasoning.encrypted", "data": "c2ln", "id": "call_1",
+              "format": "google-gemini-v1", "index": 2}
+
+
+def test_reasoning_details_become_thinking_blocks_and_come_back() -> None:
+    """Anthropic's signed and redacted thinking as it made it; another upstream's opaque item
+    sealed in a redacted_thinking block, which decodes back to it on the next turn."""
+    details = [{**CLAUDE_TEXT, "text": "Hmm.", "signature": "EqSig", "index": 0},
+               {"type": "reasoning.encrypted", "data": "REDACTED", "id": None,
+                "format": "anthropic-claude-v1", "index": 1}, GEMINI_SIG]
+    body = CODEC.encode(result({"role": "assistant", "content": "Checking.", "reasoning": "Hmm.",
+                                "reasoning_details": details}), gen())
+    msg = Message.model_validate(orjson.loads(body))
+    assert [b.type for b in msg.content] == [
+        "thinking", "redacted_thinking", "redacted_thinking", "text"]
+    assert (msg.content[0].thinking, msg.content[0].signature) == ("Hmm.", "EqSig")
+    assert msg.content[1].data == "REDACTED" and msg.content[2].data != "c2ln"
+    doc = decode(base(messages=[
+        {"role": "user", "content": "hi"},
+        {"role": "assistant", "content": [b.model_dump() for b in msg.content]},
+        {"role": "user", "content": "go on"}]))
+    assert doc["messages"][1]["reasoning_details"] == [
+        {**CLAUDE_TEXT, "text": "Hmm.", "signature": "EqSig", "index": 0},
+        {"type": "reasoning.encrypted", "data": "REDACTED", "id": None,
+         "format": "anthropic-claude-v1", "index": 1}, GEMINI_SIG]
+
+
+def test_stream_signature_and_redacted_thinking() -> None:
+    enc = CODEC.stream_encoder(gen())
+    out = enc.chunks([
+        delta({"reasoning": "Hmm", "reasoning_details": [{**CLAUDE_TEXT, "text": "Hmm",
+                                                          "index": 0}]}),
+        delta({"reasoning": ".", "reasoning_details": [{**CLAUDE_TEXT, "text": ".", "index": 0}]}),
+        delta({"reasoning_details": [{**CLAUDE_TEXT, "text": "", "signature": "EqSig",
+                                      "index": 0}]}),
+        delta({"reasoning_details": [{"type": "reasoning.encrypted", "data": "REDACTED",
+                                      "id": None, "format": "anthropic-claude-v1",
+                                      "index": 1}]}),
+        delta({"reasoning": "Again", "reasoning_details": [{**CLAUDE_TEXT, "text": "Again",
+                                                            "index": 2}]}),
+        delta({"content": "Done."}),
+    ])
+    out += enc.finish({"prompt_tokens": 5, "completion_tokens": 9})
+    deltas = [d["delta"]["type"] for k, d in frames(out) if k == "content_block_delta"]
+    assert deltas == ["thinking_delta", "thinking_delta", "signature_delta", "thinking_delta",
+                      "text_delta"]
+    msg = accumulate(out)
+    assert [b.type for b in msg.content] == ["thinking", "redacted_thinking", "thinking", "text"]
+    assert (msg.content[0].thinking, msg.content[0].signature) == ("Hmm.", "EqSig")
+    assert msg.content[1].data == "REDACTED" and msg.content[2].thinking == "Again"

@@ -173,11 +173,13 @@ def test_stream_frames_text_then_usage_then_done() -> None:
 
 def test_stream_error_is_an_error_chunk_then_done() -> None:
     enc = completions.CODEC.stream_encoder(gen())
-    err = UpstreamStatusError("acme answered HTTP 500: boom", "acme", {"message": "boom"})
+    err = UpstreamStatusError("acme answered HTTP 500: boom", "acme", {"message": "boom"},
+                              upstream_status=500)
     got = frames(enc.error(err))
     assert got[-1] == "[DONE]" and len(got) == 2
     assert got[0]["error"] == {"code": 502, "message": "acme answered HTTP 500: boom",
-                               "metadata": {"provider_name": "acme", "raw": {"message": "boom"}}}
+                               "metadata": {"provider_name": "acme", "raw": {"message": "boom"},
+                                            "error_type": "provider_unavailable"}}
     assert got[0]["choices"] == [{"index": 0, "text": "", "finish_reason": "error",
                                   "logprobs": None, "native_finish_reason": None}]
 

@@ -74,7 +74,7 @@ def test_decode_string_input_with_every_setting() -> None:
                      {"role": "user", "content": "Capital of France?"}],
         "max_tokens": 100, "temperature": 0.5, "top_p": 0.9, "stream": True,
         "metadata": {"run": "7"}, "parallel_tool_calls": False, "user": "u-1",
-        "reasoning": {"effort": "high"},
+        "reasoning": {"effort": "high", "summary": "auto"},
         "models": ["a/b"], "provider": {"order": ["up"]}, "route": "fallback",
         "transforms": [], "usage": {"include": True}, "session_id": "s1",
     }
@@ -548,3 +548,26 @@ def test_stream_failure_is_response_failed(batches: list[list[dict[str, Any]]]) 
 def test_stream_rate_limit_code() -> None:
     evs = run(gen(), error=RateLimited("slow down", retry_after=3))
     assert evs[-1]["response"]["error"]["code"] == "rate_limit_exceeded"
+
+
+def test_reasoning_items_go_with_their_assistant_turn() -> None:
+    # An OpenAI reasoning item (with its encrypted content) before the calls it led to; one
+    # after the last assistant item belongs to that turn; one with nothing to go with is dropped.
+    doc = decode(base(input=[
+        {"type": "reasoning", "id": "rs_0", "summary": [], "encrypted_content": "orphan"},
+        {"role": "user", "content": "weather?"},
+        {"type": "reasoning", "id": "rs_1", "encrypted_content": "enc1",
+         "summary": [{"type": "summary_text", "text": "Need a tool."}]},
+        {"type": "function_call", "call_id": "c1", "name": "w", "arguments": "{}"},
+        {"type": "reasoning", "id": "rs_2", "summary": [], "encrypted_content": "enc2"},
+        {"type": "function_call_output", "call_id": "c1", "output": "sunny"},
+    ]))
+    fmt = "openai-responses-v1"
+    assert doc["messages"][1]["reasoning_details"] == [
+        {"type": "reasoning.summary", "summary": "Need a tool.", "id": "rs_1", "format": fmt,
+         "index": 0},
+        {"type": "reasoning.encrypted", "data": "enc1", "id": "rs_1", "format": fmt, "index": 1},
+        {"type": "reasoning.encrypted", "data": "enc2", "id": "rs_2", "format": fmt, "index": 0},
+    ]
+    assert [m["role"] for m in doc["messages"]] == ["user", "assistant", "tool"]
+    assert "reasoning_details" not in doc["messages"][0]

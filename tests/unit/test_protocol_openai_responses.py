@@ -290,7 +290,10 @@ def test_response_format_becomes_text_format(fmt: dict[str, Any], expected: dict
     [
         ({"reasoning": {"effort": "high"}}, {"effort": "high"}),
         ({"reasoning_effort": "low"}, {"effort": "low"}),
-        ({"reasoning_effort": "low", "reasoning": {"effort": "high"}}, {"effort": "high"}),
+        ({"reasoning_effort": "high", "reasoning": {"effort": "high"}}, {"effort": "high"}),
+        ({"reasoning": {"max_tokens": 3000}, "max_tokens": 4000}, {"effort": "high"}),
+        ({"reasoning": {"enabled": True}}, {"effort": "medium"}),
+        ({"reasoning": {"effort": "max"}}, {"effort": "xhigh"}),
         ({"reasoning": {"effort": "high", "summary": "auto"}}, {"effort": "high", "summary": "auto"}),
         ({"reasoning": {"exclude": True}}, None),
     ],
@@ -324,6 +327,8 @@ def test_reasoning(extra: dict[str, Any], expected: dict[str, Any] | None) -> No
         {"messages": [{"role": "user", "content": "x"}], "temperature": "hot"},
         {"messages": [{"role": "user", "content": "x"}], "reasoning": "high"},
         {"messages": [{"role": "user", "content": "x"}], "reasoning": {"effort": 3}},
+        {"messages": [{"role": "user", "content": "x"}], "reasoning": {"effort": "high"},
+         "reasoning_effort": "low"},
     ],
 )
 def test_what_the_api_cannot_express_is_a_400(req: dict[str, Any]) -> None:
@@ -379,7 +384,7 @@ USAGE = {
     "prompt_tokens": 36,
     "completion_tokens": 87,
     "total_tokens": 123,
-    "prompt_tokens_details": {"cached_tokens": 8},
+    "prompt_tokens_details": {"cached_tokens": 8, "cache_write_tokens": 0},
     "completion_tokens_details": {"reasoning_tokens": 64},
 }
 
@@ -398,6 +403,12 @@ def test_text_response_with_reasoning_and_usage() -> None:
                     "role": "assistant",
                     "content": "In a peaceful grove beneath a silver moon.",
                     "reasoning": "**Thinking** about moons.\n\nThen the grove.",
+                    "reasoning_details": [
+                        {"type": "reasoning.summary", "summary": "**Thinking** about moons.",
+                         "id": "rs_1", "format": "openai-responses-v1", "index": 0},
+                        {"type": "reasoning.summary", "summary": "Then the grove.",
+                         "id": "rs_1", "format": "openai-responses-v1", "index": 1},
+                    ],
                 },
                 "finish_reason": "stop",
                 "native_finish_reason": "completed",

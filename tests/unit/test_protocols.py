@@ -568,12 +568,17 @@ def test_anthropic_usage_with_cache_tokens() -> None:
         "role": "assistant",
         "content": "Done.",
         "reasoning": "Let me think.",
+        "reasoning_details": [{"type": "reasoning.text", "text": "Let me think.",
+                               "signature": "sig", "id": None,
+                               "format": "anthropic-claude-v1", "index": 0}],
     }
     assert out["usage"] == {
         "prompt_tokens": 21 + 188086 + 1200,
         "completion_tokens": 393,
         "total_tokens": 21 + 188086 + 1200 + 393,
         "prompt_tokens_details": {"cached_tokens": 1200, "cache_write_tokens": 188086},
+        # Thinking is inside output_tokens; its share is estimated from its text (13 chars).
+        "completion_tokens_details": {"reasoning_tokens": 4},
     }
 
 
@@ -753,7 +758,8 @@ def test_anthropic_tool_stream() -> None:
 
 def test_anthropic_stream_tool_index_counts_tool_blocks_only() -> None:
     # Two tool_use blocks at content indexes 1 and 2 are OpenAI tool calls 0 and 1; thinking goes
-    # to delta.reasoning; the json_schema tool streams as content.
+    # to delta.reasoning and reasoning_details (its signature too); the json_schema tool streams
+    # as content.
     events = [
         {
             "type": "message_start",
@@ -819,7 +825,12 @@ def test_anthropic_stream_tool_index_counts_tool_blocks_only() -> None:
     assert exc is None
     assert chunks == [
         ROLE,
-        {"choices": [{"index": 0, "delta": {"reasoning": "Hmm."}, "finish_reason": None}]},
+        {"choices": [{"index": 0, "delta": {"reasoning": "Hmm.", "reasoning_details": [
+            {"type": "reasoning.text", "text": "Hmm.", "id": None,
+             "format": "anthropic-claude-v1", "index": 0}]}, "finish_reason": None}]},
+        {"choices": [{"index": 0, "delta": {"reasoning_details": [
+            {"type": "reasoning.text", "text": "", "signature": "Eq", "id": None,
+             "format": "anthropic-claude-v1", "index": 0}]}, "finish_reason": None}]},
         tool_delta(0, id="t_a", type="function", function={"name": "a", "arguments": ""}),
         tool_delta(1, id="t_b", type="function", function={"name": "b", "arguments": ""}),
         tool_delta(1, function={"arguments": "{}"}),
@@ -832,6 +843,7 @@ def test_anthropic_stream_tool_index_counts_tool_blocks_only() -> None:
                 "completion_tokens": 9,
                 "total_tokens": 19,
                 "prompt_tokens_details": {"cached_tokens": 7, "cache_write_tokens": 0},
+                "completion_tokens_details": {"reasoning_tokens": 1},
             },
         },
     ]
@@ -1543,7 +1555,12 @@ def test_gemini_tool_stream() -> None:
                                 "type": "function",
                                 "function": {"name": "get_time", "arguments": "{}"},
                             },
-                        ]
+                        ],
+                        # OpenRouter's form of the signature: an encrypted item, by call id.
+                        "reasoning_details": [
+                            {"type": "reasoning.encrypted", "data": "CiQB", "id": "call_0",
+                             "format": "google-gemini-v1", "index": 0},
+                        ],
                     },
                 }
             ]
