@@ -72,7 +72,10 @@ def test_endpoints_api_reports_prices_and_live_health(catalog_gateway) -> None:
     assert prices[0] == pytest.approx(0.35e-6) and prices[-1] == pytest.approx(0.60e-6)
     served = [e for e in eps if e["requests_last_30s"]]
     assert sum(e["requests_last_30s"] for e in served) == 3
-    assert all(e["uptime_last_30s"] == 1.0 and e["status"] == "ok" for e in served)
+    assert all(e["uptime_last_30s"] == 1.0 and e["status"] == 0 for e in served)
+    # OpenRouter's own figures: percentages over whole minutes, TTFT percentiles (streams only)
+    assert all(e["uptime_last_5m"] == e["uptime_last_1d"] == 100.0 for e in served)
+    assert all(e["latency_last_30m"] is None for e in eps)
     r = httpx.get(gw.base_url + "/models/nobody/nothing/endpoints")
     assert r.status_code == 404
 
