@@ -174,6 +174,9 @@ class RoutingConfig(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
     hung_factor: Annotated[float, msgspec.Meta(ge=1)] = 4.0
     hung_floor_s: Seconds = 3.0
     hung_default_s: Seconds = 30.0
+    # Sticky routing (SPEC §2.6): a conversation stays on the endpoint that served it this long
+    # after its last use; 0 turns it off.
+    sticky_s: Annotated[int, msgspec.Meta(ge=0)] = 300
 
 
 class BillingConfig(msgspec.Struct, forbid_unknown_fields=True, frozen=True):

@@ -36,10 +36,12 @@ from .protocols import adapter_for
 from .protocols.base import Adapter, Embedder, Forwarder, Target, UpstreamCall
 from .routing import Endpoint, Plan, RouteTable
 from .state.redis import RedisState
+from .sticky import Pins, cache_used
 from .upstream import Upstreams
 
 if TYPE_CHECKING:
     from .ingress.base import Decoded
+    from .schema import ChatRequest
 
 __all__ = ["Attempt", "Gateway", "Generation"]
 
@@ -79,6 +81,7 @@ class Generation:
         "provider",
         "reservation",
         "route",
+        "session",
         "started",
         "streamed",
         "ttft_s",
@@ -108,6 +111,7 @@ class Generation:
         self.is_byok = False
         self.estimated = False
         self.route = ""
+        self.session = ""  # its sticky-routing pin key (sticky.pin_key), "" when none applies
         self.ttft_s = 0.0
         self.generation_s = 0.0
         self.prompt_estimate = 0
@@ -151,6 +155,7 @@ class Gateway:
         self._keys = {name: p.api_key() for name, p in cfg.providers.items()}
         self.shared = (RedisState(cfg.storage.state) if cfg.storage.state.startswith("redis")
                        else None)
+        self.pins = Pins(cfg.routing.sticky_s, self.shared) if cfg.routing.sticky_s else None
         driver = open_driver(cfg.storage.ledger)
         self.billing = Billing(Ledger(driver), cfg.billing, cfg.server.auth, self.shared,
                                journal=for_ledger(driver, cfg.storage.journal))
@@ -405,6 +410,22 @@ class Gateway:
         tps = completion_tokens / gen_s if gen_s > 0 and completion_tokens > 0 else 0.0
         self.routes.success(att.endpoint, ttft_s * 1000.0, tps)
         self.m_attempts.inc((att.endpoint.provider, "ok"))
+
+    async def stick(self, plan: Plan, req: ChatRequest, key: str) -> None:
+        """Put the endpoint `key`'s conversation is pinned to first in the plan (SPEC §2.6)."""
+        assert self.pins is not None
+        now = routing.now_ms()
+        ep = self.pins.get(key, now)
+        if ep is None and self.pins.remote_worth(key, req):
+            ep = await self.pins.fetch(key, now)
+        if ep is not None:
+            self.routes.stick(plan, ep, now)
+
+    def pin(self, gen: Generation, ep: Endpoint, usage: dict[str, Any]) -> None:
+        """The conversation stays on `ep`: after any answer to a session id, else after one that
+        used the prompt cache (OpenRouter's rule, see sticky)."""
+        if self.pins is not None and (gen.session.startswith("s:") or cache_used(usage)):
+            self.pins.pin(gen.session, ep.key, routing.now_ms())
 
     def final_error(self, errors: list[UpstreamError], all_degraded: bool) -> Exception:
         """What the client sees when every attempt failed (SPEC §1.1)."""

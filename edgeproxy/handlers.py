@@ -25,6 +25,7 @@ from .gateway import Gateway, Generation
 from .ingress import anthropic_messages
 from .ingress.base import Codec, Decoded
 from .schema import ChatRequest, convert_chat
+from .sticky import pin_key
 from .streaming import SSEResponse
 from .transforms import (
     CHARS_PER_TOKEN,
@@ -115,6 +116,15 @@ def app_name(request: web.Request) -> str | None:
     if not name.isprintable():  # (a lone surrogate is not printable either)
         name = "".join(c for c in name if c.isprintable())
     return name or None
+
+
+def session_header(request: web.Request) -> str | None:
+    """The `x-session-id` header, OpenRouter's alternative to the body's `session_id` (which wins
+    when both are sent), held to the same 256 characters."""
+    sid = request.headers.get("x-session-id")
+    if sid is not None and len(sid) > 256:
+        raise BadRequest("x-session-id: at most 256 characters", {"length": len(sid)})
+    return sid or None
 
 
 def authorization(request: web.Request) -> str | None:
@@ -235,11 +245,18 @@ async def serve(request: web.Request, codec: Codec) -> web.StreamResponse:
         plan = gw.routes.plan(req, prompt_tokens)
     if rule:
         plan.rule = f"auto:{rule}"
+    session = ""
+    if gw.pins is not None and decoded.kind == "chat" and not (req.provider and req.provider.order):
+        # (OpenRouter: an explicit provider.order wins over stickiness)
+        session = pin_key(caller.account.id, plan.endpoints[0].model_id, req,
+                          session_header(request))
+        await gw.stick(plan, req, session)
     if all(ep.is_free for ep in plan.endpoints):
         await gw.billing.check_free(caller)
     max_tokens = req.max_completion_tokens or req.max_tokens or 0
     gen = Generation(plan.endpoints[0].model_id, req.stream, app_name(request), caller)
     gen.route = plan.rule
+    gen.session = session
     gen.prompt_estimate = prompt_tokens
     gen.echo = decoded.echo
     # Reserve the most this request can cost before any upstream is contacted (402 otherwise).

@@ -166,6 +166,8 @@ class _Run:
         gen.ttft_s = ttft_s
         gen.generation_s = gen_s
         gw.succeeded(att, ttft_s, gen_s, out["completion_tokens"])
+        if gen.session:
+            gw.pin(gen, att.endpoint, out)
         gw.record(gen)
         gw.m_latency.observe(time.perf_counter() - gen.started, (gen.model,))
         return out

@@ -474,6 +474,21 @@ class RouteTable:
             rule += ", no fallbacks"
         return Plan(out, rule)
 
+    def stick(self, plan: Plan, key: str, now: int | None = None) -> bool:
+        """Sticky routing (SPEC §2.6): the endpoint named `key` goes first when the plan holds it
+        (it meets the request's filters) and it is stable; the route says so. False otherwise:
+        the plan stays as it was built."""
+        eps = plan.endpoints
+        for i, e in enumerate(eps):
+            if e.key == key:
+                if self.is_degraded(e, now):
+                    return False
+                if i:
+                    eps.insert(0, eps.pop(i))
+                plan.rule += ", sticky"
+                return True
+        return False
+
     def _rank_across(self, out: list[Endpoint], named: set[int], sort: int, now: int,
                      max_ttft: float, min_tps: float) -> None:
         """Partition "none": the endpoints of all the request's models ranked together the way

@@ -162,6 +162,8 @@ class ChatRequest(msgspec.Struct):
     reasoning: Reasoning | None = None
     reasoning_effort: Effort | None = None
     include_reasoning: bool | None = None
+    # Sticky routing's conversation id (routing.stick; OpenRouter: at most 256 characters).
+    session_id: Annotated[str, msgspec.Meta(max_length=256)] | None = None
 
 
 _chat_decoder = msgspec.json.Decoder(ChatRequest)

@@ -16,6 +16,9 @@ Health: every node adds its attempt outcomes to per-second hashes (`ep:health:{s
 `{endpoint}|{node}|{name}`: ok and fail counts, and integer sums with counts of TTFT and tokens/s)
 and reads the others' back every `sync_s`, replaying them into its local router, so a provider
 failing on one node is demoted on all within a second while routing itself never waits on Redis.
+
+Sticky routing: `ep:pin:{s|h}:{account}|{model}|{session}` holds the endpoint a conversation is
+pinned to, expiring with the pin (sticky.Pins).
 """
 
 from __future__ import annotations
@@ -382,6 +385,30 @@ class RedisState:
         for k in [k for k in applied if k[0] < cutoff]:
             del applied[k]
         return True
+
+    # -- sticky routing (sticky.Pins) ---------------------------------------------------------
+
+    async def get_pin(self, key: str) -> tuple[str, int] | None:
+        """A pin's endpoint and its ms to live; None when none (or Redis is down)."""
+        if not self.up:
+            return None
+        try:
+            async with self.r.pipeline(transaction=False) as p:
+                p.get(f"ep:pin:{key}")
+                p.pttl(f"ep:pin:{key}")
+                value, ttl = await p.execute()
+        except Exception as exc:
+            self._down(exc)
+            return None
+        if value is None or not isinstance(ttl, int) or ttl <= 0:
+            return None
+        return (value.decode() if isinstance(value, bytes) else str(value)), ttl
+
+    async def set_pin(self, key: str, endpoint: str, ttl_ms: int) -> None:
+        try:
+            await self.r.set(f"ep:pin:{key}", endpoint, px=ttl_ms)
+        except Exception as exc:
+            self._down(exc)
 
     # -- BYOK allowance ------------------------------------------------------------------------
 
