@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from aiohttp import web
 
 from . import simulate
-from .config import parse
+from .config import DEFAULT_PARAMETERS, parse
 
 __all__ = ["DEMO_PROVIDERS", "demo_config", "run_demo"]
 
@@ -54,6 +54,9 @@ _DEMO_MODELS: dict[str, tuple[int, list[tuple[str, str, str, str, str]]]] = {
     ]),
 }
 
+# Thinking models: `reasoning` reaches their upstream (claude-3.5-haiku has no extended thinking).
+_REASONING = {"google/gemini-2.5-flash"}
+
 # The simulated providers take any key, but real Anthropic and Gemini clients always send one.
 DEMO_KEY_ENV = "EDGEPROXY_DEMO_PROVIDER_KEY"
 _BASE_PATH = {"openai": "/v1", "anthropic": "/v1", "gemini": "/v1beta"}
@@ -82,7 +85,8 @@ def demo_config(ports: dict[str, int], listen: str, ledger: str) -> dict:
                 }
                 for prov, up, pin, pout, q in eps
             ],
-        }
+        } | ({"supported_parameters": [*DEFAULT_PARAMETERS, "reasoning", "include_reasoning"]}
+             if mid in _REASONING else {})
         for mid, (ctx, eps) in _DEMO_MODELS.items()
     }
     return {
