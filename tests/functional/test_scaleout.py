@@ -142,7 +142,7 @@ def test_killing_redis_mid_run_loses_no_completed_request(
 
                 tasks = [asyncio.ensure_future(worker(i)) for i in range(6)]
                 await answered(20)
-                redis_proc.kill()  # Redis dies mid-run; the nodes go on with local state
+                redis_proc.kill()  # Redis dies mid-run; the nodes go on spending their leases
                 await answered(len(done) + 20)
                 stop.set()
                 await asyncio.gather(*tasks)
