@@ -71,6 +71,7 @@ class Leases:
 
     async def cover(self, caller: Caller, amount: int) -> None:
         acct = caller.account
+        acct.lease_used = time.monotonic()  # (a slice in use is not given back as idle)
         limited = caller.key.limit_micro is not None
         while True:
             need = amount - (acct.lease - acct.pending - acct.reserved)
@@ -104,7 +105,6 @@ class Leases:
             if status == 1:
                 acct.lease += a
                 caller.key_lease += b
-                acct.lease_used = time.monotonic()
                 self.accounts[acct.id] = acct
                 if b:
                     self.keys[key.id] = caller
