@@ -36,7 +36,7 @@ from .protocols import adapter_for
 from .protocols.base import Adapter, Embedder, Forwarder, Target, UpstreamCall
 from .routing import Endpoint, Plan, RouteTable
 from .state.redis import RedisState
-from .sticky import Pins, cache_used
+from .sticky import Pins, cache_used, pin_key
 from .upstream import Upstreams
 
 if TYPE_CHECKING:
@@ -111,7 +111,9 @@ class Generation:
         self.is_byok = False
         self.estimated = False
         self.route = ""
-        self.session = ""  # its sticky-routing pin key (sticky.pin_key), "" when none applies
+        # Its sticky-routing pin key (sticky.pin_key), "" when none applies, or pin_key's
+        # arguments while no pin can exist for it (the key is made only if it pins).
+        self.session: str | tuple[str, str, ChatRequest, str | None] = ""
         self.ttft_s = 0.0
         self.generation_s = 0.0
         self.prompt_estimate = 0
@@ -424,8 +426,16 @@ class Gateway:
     def pin(self, gen: Generation, ep: Endpoint, usage: dict[str, Any]) -> None:
         """The conversation stays on `ep`: after any answer to a session id, else after one that
         used the prompt cache (OpenRouter's rule, see sticky)."""
-        if self.pins is not None and (gen.session.startswith("s:") or cache_used(usage)):
-            self.pins.pin(gen.session, ep.key, routing.now_ms())
+        if self.pins is None:
+            return
+        key = gen.session
+        if isinstance(key, tuple):  # no key made at routing (sticky.Pins.may_hold)
+            if not cache_used(usage):
+                return
+            key = pin_key(*key)
+        elif not (key.startswith("s:") or cache_used(usage)):
+            return
+        self.pins.pin(key, ep.key, routing.now_ms())
 
     def final_error(self, errors: list[UpstreamError], all_degraded: bool) -> Exception:
         """What the client sees when every attempt failed (SPEC §1.1)."""

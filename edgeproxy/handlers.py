@@ -245,12 +245,15 @@ async def serve(request: web.Request, codec: Codec) -> web.StreamResponse:
         plan = gw.routes.plan(req, prompt_tokens)
     if rule:
         plan.rule = f"auto:{rule}"
-    session = ""
+    session: str | tuple[str, str, ChatRequest, str | None] = ""
     if gw.pins is not None and decoded.kind == "chat" and not (req.provider and req.provider.order):
         # (OpenRouter: an explicit provider.order wins over stickiness)
-        session = pin_key(caller.account.id, plan.endpoints[0].model_id, req,
-                          session_header(request))
-        await gw.stick(plan, req, session)
+        header = session_header(request)
+        session = (caller.account.id, plan.endpoints[0].model_id, req, header)
+        if gw.pins.may_hold(req, header):
+            session = pin_key(*session)
+            await gw.stick(plan, req, session)
+        # else no pin can exist for it yet: its key is made only if its answer pins it
     if all(ep.is_free for ep in plan.endpoints):
         await gw.billing.check_free(caller)
     max_tokens = req.max_completion_tokens or req.max_tokens or 0

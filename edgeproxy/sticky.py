@@ -90,6 +90,13 @@ class Pins:
             return None
         return pin[0]
 
+    def may_hold(self, req: ChatRequest, header: str | None) -> bool:
+        """Whether a pin may exist for this request, so that its key is worth making now: a
+        session id, any pin in this process, or one another node may have made (remote_worth)."""
+        return bool(req.session_id or header or self._pins) or (
+            self.shared is not None and self.shared.up
+            and any(m.role == "assistant" for m in req.messages))
+
     def remote_worth(self, key: str, req: ChatRequest) -> bool:
         """Whether a local miss may be a pin another worker or node made (one GET to Redis)."""
         return (self.shared is not None and self.shared.up
