@@ -12,7 +12,7 @@ import aiohttp
 from multidict import CIMultiDictProxy
 
 from .config import ProviderConfig
-from .errors import UpstreamConnectionError, UpstreamTimeout
+from .errors import UpstreamConnectionError, UpstreamError, UpstreamTimeout
 from .protocols.base import UpstreamCall
 
 __all__ = ["Upstreams"]
@@ -74,12 +74,8 @@ class Upstreams:
                 return await session.post(
                     call.url, data=call.body, headers=call.headers, allow_redirects=False
                 )
-        except TimeoutError:
-            raise UpstreamTimeout(
-                f"{name}: no response within {prov.first_byte_timeout_s:g} s", name
-            ) from None
-        except aiohttp.ClientError as exc:
-            raise UpstreamConnectionError(f"{name}: {_describe(exc)}", name) from None
+        except (TimeoutError, aiohttp.ClientError) as exc:
+            raise _failed(name, prov, exc) from None
 
     async def fetch(
         self, name: str, call: UpstreamCall, deadline: float
@@ -98,12 +94,8 @@ class Upstreams:
                     return resp.status, resp.headers, await resp.read()
                 finally:
                     resp.release()
-        except TimeoutError:
-            raise UpstreamTimeout(
-                f"{name}: no response within {prov.first_byte_timeout_s:g} s", name
-            ) from None
-        except aiohttp.ClientError as exc:
-            raise UpstreamConnectionError(f"{name}: {_describe(exc)}", name) from None
+        except (TimeoutError, aiohttp.ClientError) as exc:
+            raise _failed(name, prov, exc) from None
 
     async def read(self, name: str, resp: aiohttp.ClientResponse) -> bytes:
         try:
@@ -120,6 +112,14 @@ class Upstreams:
         if self._resolver is not None:
             await self._resolver.close()
             self._resolver = None
+
+
+def _failed(name: str, prov: ProviderConfig, exc: BaseException) -> UpstreamError:
+    """What a request to provider `name` that timed out or could not connect raises."""
+    if isinstance(exc, TimeoutError):
+        return UpstreamTimeout(f"{name}: no response within {prov.first_byte_timeout_s:g} s",
+                               name)
+    return UpstreamConnectionError(f"{name}: {_describe(exc)}", name)
 
 
 def _describe(exc: BaseException) -> str:
